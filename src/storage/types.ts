@@ -1,0 +1,33 @@
+import type { RunOptions } from '../core/index.ts';
+
+export interface ObjectInfo {
+  key: string;
+  size: number;
+  /** Last modification time, when the store knows it. */
+  modified?: Date;
+}
+
+export interface PutOptions extends RunOptions {
+  /** Fail with ConflictError if the key already exists (used for locks and keys). Best effort on stores without conditional writes. */
+  ifNoneMatch?: boolean;
+}
+
+/**
+ * The one small interface every object store implements (local filesystem, S3, Azure Blob).
+ * Keys are '/'-separated relative paths; implementations map them under their own prefix.
+ * Errors: NotFoundError for a missing key, StorageError (with cause) after retries, NoSpaceError, AuthError, CancelledError.
+ * A `put` is atomic: a reader sees the whole object or nothing (local: write temp + rename; S3/Azure: single PUT or commit of a multipart/block list).
+ */
+export interface ObjectStore {
+  /** Human-readable location with any secret removed. */
+  readonly location: string;
+  get(key: string, opts?: RunOptions): Promise<Buffer>;
+  getRange(key: string, offset: number, length: number, opts?: RunOptions): Promise<Buffer>;
+  put(key: string, data: Buffer, opts?: PutOptions): Promise<void>;
+  head(key: string, opts?: RunOptions): Promise<ObjectInfo | undefined>;
+  /** All objects whose key starts with `prefix`, in no particular order. */
+  list(prefix: string, opts?: RunOptions): AsyncIterable<ObjectInfo>;
+  /** Deleting a missing key is not an error. */
+  delete(key: string, opts?: RunOptions): Promise<void>;
+  close?(): Promise<void>;
+}
