@@ -1,0 +1,100 @@
+/**
+ * The contract between the repository engine (keys, packs, index, snapshots, locks: src/repo/*.ts)
+ * and the walkers that turn a source into blobs (block images: src/repo/image/, directory trees: src/repo/tree/).
+ * Walkers never see keys, packs or the object store; the repository never sees files.
+ */
+import type { RunOptions } from '../core/index.ts';
+
+/** 'data' = file/volume content chunks; 'tree' = structure (directory listings, image chunk maps). */
+export type BlobType = 'data' | 'tree';
+
+/** Hex of HMAC-SHA-256(repository id key, plaintext). 64 hex chars. */
+export type BlobId = string;
+
+export interface SaveResult {
+  id: BlobId;
+  /** false when the blob already existed (dedup) and nothing new was stored. */
+  stored: boolean;
+  /** Bytes added to packs (after compression + encryption), 0 when deduplicated. */
+  storedBytes: number;
+}
+
+export interface BlobWriter {
+  /**
+   * Hash, deduplicate, compress, encrypt and pack one blob. Resolves once the blob is accepted into a pack
+   * buffer (not necessarily uploaded). Applies back-pressure: the promise may wait while too much is in flight,
+   * so callers can start several saves and await them in order.
+   * The buffer must not be modified by the caller after the call.
+   */
+  saveBlob(type: BlobType, plaintext: Buffer, opts?: RunOptions): Promise<SaveResult>;
+  /** Is the blob already in the repository (or pending in this session)? */
+  hasBlob(id: BlobId): boolean;
+}
+
+export interface BlobReader {
+  /** Load, authenticate, decrypt, decompress and verify the hash of one blob. IntegrityError names the pack. */
+  loadBlob(id: BlobId, opts?: RunOptions): Promise<Buffer>;
+  /** Plaintext length of a blob without loading it. */
+  blobSize(id: BlobId): number | undefined;
+}
+
+/** Common JSON shape of one node in a directory tree blob (type 'tree'). */
+export interface TreeNode {
+  name: string;
+  type: 'file' | 'dir' | 'symlink' | 'fifo' | 'chardev' | 'blockdev' | 'socket';
+  mode: number;
+  uid: number;
+  gid: number;
+  /** Milliseconds since epoch, with fraction allowed. */
+  mtimeMs: number;
+  atimeMs?: number;
+  size?: number;
+  /** file: ordered chunk list; a null entry is a hole (sparse) of `holeSizes[i]` bytes. */
+  content?: (BlobId | null)[];
+  holeSizes?: number[];
+  /** dir: id of the subtree blob. */
+  subtree?: BlobId;
+  linkTarget?: string;
+  /** Hard links: nodes sharing the same linkGroup are restored as links of the first one. */
+  linkGroup?: string;
+  rdev?: number;
+}
+
+export interface TreeBlob {
+  nodes: TreeNode[];
+}
+
+/** Chunk map of a block image (stored as a 'tree' blob). */
+export interface ImageMap {
+  size: number;
+  chunkSize: number;
+  /** One entry per chunk index; null = all-zero chunk (not stored, restored as a hole). */
+  chunks: (BlobId | null)[];
+}
+
+/** What a snapshot manifest points at. */
+export type SnapshotRoot = { kind: 'tree'; tree: BlobId } | { kind: 'image'; map: BlobId; size: number };
+
+export interface SnapshotManifest {
+  id: string;
+  time: string;
+  hostname: string;
+  paths: string[];
+  tags: string[];
+  parent?: string;
+  root: SnapshotRoot;
+  summary: {
+    bytesRead: number;
+    bytesAdded: number;
+    filesNew?: number;
+    filesChanged?: number;
+    filesUnmodified?: number;
+    durationMs: number;
+  };
+}
+
+/** Byte range [offset, offset+length) that changed since the parent, as a platform reports it. */
+export interface ByteRange {
+  offset: number;
+  length: number;
+}
