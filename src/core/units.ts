@@ -21,7 +21,8 @@ const UNITS: Record<string, number> = {
 export function parseSize(text: string): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text);
   const mult = m ? UNITS[(m[2] ?? '').toLowerCase()] : undefined;
-  if (!m || mult === undefined) throw new InputError(`invalid size "${text}" (examples: 512MiB, 5GiB, 1048576)`);
+  if (!m || mult === undefined)
+    throw new InputError(`invalid size "${text}" (examples: 512MiB, 5GiB, 1048576)`);
   return Math.round(Number(m[1]) * mult);
 }
 

@@ -1,0 +1,6 @@
+import type { Command } from 'commander';
+
+/** Each command module registers its verbs on the root program. Add a module here to add verbs. */
+export type Register = (program: Command) => void;
+
+export const modules: Register[] = [];

@@ -1,0 +1,36 @@
+/** `tern` entry point: parse, call, print. Errors are translated once, here, into messages and exit codes. */
+import { Command, CommanderError } from 'commander';
+import { describeError, exitCodeFor, errorCodeOf } from '../core/index.ts';
+import { modules } from './commands/index.ts';
+
+export function buildProgram(): Command {
+  const program = new Command('tern')
+    .description('Tern: backup and disaster recovery for Kubernetes applications')
+    .version('0.1.0')
+    .showHelpAfterError()
+    .exitOverride();
+  for (const register of modules) register(program);
+  return program;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
+    const json = argv.includes('--json');
+    if (json) {
+      process.stdout.write(
+        JSON.stringify({ error: { code: errorCodeOf(err), message: describeError(err) } }, null, 2) + '\n',
+      );
+    } else {
+      process.stderr.write(`tern: error: ${describeError(err)}\n`);
+      if (process.env.TERN_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
+    }
+    return exitCodeFor(err);
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));

@@ -1,0 +1,158 @@
+/** Object store on a local (or mounted) filesystem directory. Atomic puts via temp file + fsync + rename. */
+import { createReadStream, type Dirent } from 'node:fs';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import type { RunOptions } from '../core/index.ts';
+import {
+  ConflictError,
+  NoSpaceError,
+  NotFoundError,
+  StorageError,
+  ForbiddenError,
+  InputError,
+  throwIfAborted,
+} from '../core/index.ts';
+import type { ObjectInfo, ObjectStore, PutOptions } from './types.ts';
+
+export class LocalStore implements ObjectStore {
+  readonly location: string;
+  private readonly root: string;
+
+  constructor(root: string) {
+    this.root = path.resolve(root);
+    this.location = this.root;
+  }
+
+  private pathOf(key: string): string {
+    if (key.includes('..') || key.startsWith('/') || key.includes('\\'))
+      throw new InputError(`invalid object key "${key}"`);
+    return path.join(this.root, ...key.split('/'));
+  }
+
+  async get(key: string, opts?: RunOptions): Promise<Buffer> {
+    throwIfAborted(opts?.signal);
+    try {
+      return await fs.readFile(this.pathOf(key), { signal: opts?.signal });
+    } catch (err) {
+      throw mapFsError(err, key, this.location);
+    }
+  }
+
+  async getRange(key: string, offset: number, length: number, opts?: RunOptions): Promise<Buffer> {
+    throwIfAborted(opts?.signal);
+    let fh: fs.FileHandle | undefined;
+    try {
+      fh = await fs.open(this.pathOf(key), 'r');
+      const buf = Buffer.allocUnsafe(length);
+      let got = 0;
+      while (got < length) {
+        const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      return got === length ? buf : buf.subarray(0, got);
+    } catch (err) {
+      throw mapFsError(err, key, this.location);
+    } finally {
+      await fh?.close();
+    }
+  }
+
+  async put(key: string, data: Buffer, opts?: PutOptions): Promise<void> {
+    throwIfAborted(opts?.signal);
+    const dest = this.pathOf(key);
+    const tmp = `${dest}.tmp-${randomBytes(6).toString('hex')}`;
+    try {
+      await fs.mkdir(path.dirname(dest), { recursive: true });
+      const fh = await fs.open(tmp, 'wx');
+      try {
+        await fh.writeFile(data);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      if (opts?.ifNoneMatch) {
+        // link() fails if dest exists: an atomic create-if-absent on POSIX filesystems.
+        try {
+          await fs.link(tmp, dest);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === 'EEXIST')
+            throw new ConflictError(`object ${key} already exists in ${this.location}`);
+          throw err;
+        } finally {
+          await fs.rm(tmp, { force: true });
+        }
+      } else {
+        await fs.rename(tmp, dest);
+      }
+    } catch (err) {
+      await fs.rm(tmp, { force: true }).catch(() => undefined);
+      if (err instanceof ConflictError) throw err;
+      throw mapFsError(err, key, this.location);
+    }
+  }
+
+  async head(key: string): Promise<ObjectInfo | undefined> {
+    try {
+      const st = await fs.stat(this.pathOf(key));
+      return { key, size: st.size, modified: st.mtime };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw mapFsError(err, key, this.location);
+    }
+  }
+
+  async *list(prefix: string, opts?: RunOptions): AsyncIterable<ObjectInfo> {
+    // Walk only the directory that contains the prefix, then filter by the full prefix.
+    const slash = prefix.lastIndexOf('/');
+    const baseKey = slash >= 0 ? prefix.slice(0, slash) : '';
+    const baseDir = baseKey ? this.pathOf(baseKey) : this.root;
+    const stack: string[] = [baseDir];
+    while (stack.length > 0) {
+      throwIfAborted(opts?.signal);
+      const dir = stack.pop()!;
+      let entries: Dirent[];
+      try {
+        entries = await fs.readdir(dir, { withFileTypes: true });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw mapFsError(err, prefix, this.location);
+      }
+      for (const e of entries) {
+        const full = path.join(dir, e.name);
+        const key = path.relative(this.root, full).split(path.sep).join('/');
+        if (e.isDirectory()) {
+          if (key.startsWith(prefix) || prefix.startsWith(key + '/')) stack.push(full);
+        } else if (e.isFile() && key.startsWith(prefix) && !/\.tmp-[0-9a-f]{12}$/.test(e.name)) {
+          const st = await fs.stat(full).catch(() => undefined);
+          if (st) yield { key, size: st.size, modified: st.mtime };
+        }
+      }
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await fs.rm(this.pathOf(key), { force: true });
+    } catch (err) {
+      throw mapFsError(err, key, this.location);
+    }
+  }
+
+  /** A read stream for large sequential reads (not part of the interface; used by local fast paths). */
+  stream(key: string) {
+    return createReadStream(this.pathOf(key));
+  }
+}
+
+function mapFsError(err: unknown, key: string, location: string): Error {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'ENOENT') return new NotFoundError(`object ${key} not found in ${location}`, { cause: err });
+  if (code === 'ENOSPC' || code === 'EDQUOT')
+    return new NoSpaceError(`no space left writing ${key} in ${location}`, { cause: err });
+  if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS')
+    return new ForbiddenError(`permission denied for ${key} in ${location}`, { cause: err });
+  if ((err as Error).name === 'AbortError') return err as Error;
+  return new StorageError(`local store error on ${key} in ${location}`, { cause: err });
+}

@@ -1,0 +1,80 @@
+/** Starts a real Azurite blob service (npm `azurite`) on loopback with several accounts. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { freePort, waitForPort } from './ports.ts';
+
+export interface AzuriteAccount {
+  name: string;
+  key: string;
+}
+
+export interface Azurite {
+  port: number;
+  /** http://127.0.0.1:PORT */
+  endpoint: string;
+  accounts: AzuriteAccount[];
+  /** Blob service URL of one account: http://127.0.0.1:PORT/NAME */
+  accountUrl(name: string): string;
+  connectionString(name: string): string;
+  stop(): Promise<void>;
+}
+
+const ROOT = path.resolve(import.meta.dirname, '..', '..');
+
+export async function startAzurite(accountNames: string[] = ['tern1', 'tern2']): Promise<Azurite> {
+  const port = await freePort();
+  const location = await mkdtemp(path.join(tmpdir(), 'tern-azurite-'));
+  const accounts = accountNames.map((name) => ({ name, key: randomBytes(32).toString('base64') }));
+  const bin = path.join(ROOT, 'node_modules', 'azurite', 'dist', 'src', 'blob', 'main.js');
+  const child: ChildProcess = spawn(
+    process.execPath,
+    [
+      bin,
+      '--blobHost',
+      '127.0.0.1',
+      '--blobPort',
+      String(port),
+      '--location',
+      location,
+      '--loose',
+      '--skipApiVersionCheck',
+      '--silent',
+    ],
+    {
+      env: { ...process.env, AZURITE_ACCOUNTS: accounts.map((a) => `${a.name}:${a.key}`).join(';') },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  try {
+    await waitForPort(port, 30_000);
+  } catch (err) {
+    child.kill('SIGKILL');
+    throw new Error(`azurite did not start: ${stderr}`, { cause: err });
+  }
+  const endpoint = `http://127.0.0.1:${port}`;
+  return {
+    port,
+    endpoint,
+    accounts,
+    accountUrl: (name) => `${endpoint}/${name}`,
+    connectionString: (name) => {
+      const a = accounts.find((x) => x.name === name);
+      if (!a) throw new Error(`no azurite account ${name}`);
+      return `DefaultEndpointsProtocol=http;AccountName=${a.name};AccountKey=${a.key};BlobEndpoint=${endpoint}/${a.name};`;
+    },
+    async stop() {
+      if (child.exitCode === null) {
+        const exited = new Promise((r) => child.once('exit', r));
+        child.kill('SIGTERM');
+        await Promise.race([exited, new Promise((r) => setTimeout(r, 3000))]);
+        if (child.exitCode === null) child.kill('SIGKILL');
+      }
+      await rm(location, { recursive: true, force: true });
+    },
+  };
+}
