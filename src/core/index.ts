@@ -2,3 +2,4 @@ export * from './errors.ts';
 export * from './clock.ts';
 export * from './progress.ts';
 export * from './units.ts';
+export * from './export-details.ts';
