@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages used by tests and benchmarks. One apt-get call for all of them.
 set -euo pipefail
-PKGS=(btrfs-progs xfsprogs e2fsprogs util-linux python3-venv restic chromium)
+PKGS=(btrfs-progs xfsprogs e2fsprogs util-linux python3-venv openssl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
