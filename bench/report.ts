@@ -1,0 +1,198 @@
+/**
+ * The results table (Markdown), the targets from issue 3 checked against it, and the machine description that
+ * makes a table comparable to another one.
+ */
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+import { formatBytes } from '../src/core/index.ts';
+import type { ToolName } from './tools.ts';
+
+export type Check = 'ok' | 'FAIL' | 'ERROR' | 'skipped';
+
+export interface Row {
+  /** Stable keys: scenario and operation. */
+  scenario: string;
+  op: string;
+  tool: ToolName;
+  /** Logical bytes the operation covers (the source size), for MB/s. */
+  bytes: number;
+  seconds?: number;
+  peakRssBytes?: number;
+  /** Growth of the repository on disk caused by a backup. */
+  storedBytes?: number;
+  check: Check;
+  note?: string;
+  /** The restic row this one is compared with (defaults to the same scenario and operation). */
+  baseline?: { scenario: string; op: string };
+}
+
+export interface Machine {
+  cpus: number;
+  cpuModel: string;
+  memory: string;
+  kernel: string;
+  filesystem: string;
+  node: string;
+  loadBefore: string;
+  loadAfter?: string;
+  versions: Partial<Record<ToolName, string>>;
+  ternCommit: string;
+}
+
+export const SCENARIO_LABELS: Record<string, string> = {
+  random: 'random file',
+  overwrite: 'random file, 1% scattered overwrite',
+  compressible: 'compressible text file',
+  tree: 'small-file tree',
+};
+
+export const OP_LABELS: Record<string, string> = {
+  backup: 'full backup',
+  incremental: 'incremental (--parent, no ranges)',
+  'incremental-ranges': 'incremental (--parent + --changed-ranges)',
+  restore: 'restore',
+  'restore-ranges': 'restore of the ranges snapshot',
+};
+
+const MiB = 1024 * 1024;
+
+export function throughput(row: Row): number | undefined {
+  return row.seconds !== undefined && row.seconds > 0 && row.check === 'ok'
+    ? row.bytes / 1e6 / row.seconds
+    : undefined;
+}
+
+/** Tern (or kopia) throughput divided by restic's for the comparable operation. */
+export function ratioToRestic(row: Row, rows: Row[]): number | undefined {
+  const base = row.baseline ?? { scenario: row.scenario, op: row.op };
+  const restic = rows.find((r) => r.tool === 'restic' && r.scenario === base.scenario && r.op === base.op);
+  const mine = throughput(row);
+  const theirs = restic ? throughput(restic) : undefined;
+  return mine !== undefined && theirs !== undefined ? mine / theirs : undefined;
+}
+
+const fmt = (n: number | undefined, digits: number) =>
+  n === undefined || !Number.isFinite(n) ? '–' : n.toFixed(digits);
+
+export function markdownTable(rows: Row[], sizeLabel: (scenario: string) => string): string {
+  const head =
+    '| Scenario | Operation | Tool | Seconds | MB/s | × restic | Peak RSS MiB | Stored MiB | Check |';
+  const sep = '| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |';
+  const lines = rows.map((r) => {
+    const check =
+      r.check === 'ok' ? 'ok' : `**${r.check}**${r.note ? ` ${r.note.replaceAll('|', '/')}` : ''}`;
+    return `| ${SCENARIO_LABELS[r.scenario] ?? r.scenario} (${sizeLabel(r.scenario)}) | ${OP_LABELS[r.op] ?? r.op} | ${r.tool} | ${fmt(r.seconds, 2)} | ${fmt(throughput(r), 0)} | ${fmt(ratioToRestic(r, rows), 2)} | ${fmt(r.peakRssBytes !== undefined ? r.peakRssBytes / MiB : undefined, 0)} | ${fmt(r.storedBytes !== undefined ? r.storedBytes / MiB : undefined, 1)} | ${check} |`;
+  });
+  return [head, sep, ...lines].join('\n') + '\n';
+}
+
+export interface TargetResult {
+  target: string;
+  value: string;
+  met: boolean | undefined;
+}
+
+/** The performance targets of issue 3, evaluated on Tern's rows. */
+export function evaluateTargets(rows: Row[]): TargetResult[] {
+  const tern = rows.filter((r) => r.tool === 'tern');
+  const ratio = (scenario: string, op: string) => {
+    const r = tern.find((x) => x.scenario === scenario && x.op === op);
+    return r ? ratioToRestic(r, rows) : undefined;
+  };
+  const out: TargetResult[] = [];
+  const atLeast = (target: string, v: number | undefined, min: number) =>
+    out.push({
+      target,
+      value: v === undefined ? 'not measured' : `${v.toFixed(2)}×`,
+      met: v === undefined ? undefined : v >= min,
+    });
+  atLeast('full backup of the random file ≥ 2.5× restic throughput', ratio('random', 'backup'), 2.5);
+  const restores = tern.filter((r) => r.op === 'restore').map((r) => ratioToRestic(r, rows));
+  const worstRestore =
+    restores.every((v) => v !== undefined) && restores.length
+      ? Math.min(...(restores as number[]))
+      : undefined;
+  atLeast('every restore ≥ 2× restic (worst case)', worstRestore, 2);
+  atLeast(
+    'incremental with changed ranges ≥ 10× restic incremental',
+    ratio('overwrite', 'incremental-ranges'),
+    10,
+  );
+  const all = tern.map((r) => ratioToRestic(r, rows)).filter((v): v is number => v !== undefined);
+  atLeast('never slower than restic (worst ratio)', all.length ? Math.min(...all) : undefined, 1);
+  const rss = tern
+    .map((r) => r.peakRssBytes)
+    .filter((v): v is number => v !== undefined && Number.isFinite(v));
+  const maxRss = rss.length ? Math.max(...rss) : undefined;
+  out.push({
+    target: 'peak RSS ≤ 512 MiB',
+    value: maxRss === undefined ? 'not measured' : `${(maxRss / MiB).toFixed(0)} MiB`,
+    met: maxRss === undefined ? undefined : maxRss <= 512 * MiB,
+  });
+  const bad = tern.filter((r) => r.check !== 'ok' && r.check !== 'skipped');
+  out.push({
+    target: 'every Tern backup and restore succeeded and restored data equals the source',
+    value: bad.length
+      ? bad.map((r) => `${r.scenario}/${r.op}: ${r.check}`).join(', ')
+      : tern.length
+        ? 'all ok'
+        : 'not measured',
+    met: tern.length ? bad.length === 0 : undefined,
+  });
+  return out;
+}
+
+export function targetsMarkdown(targets: TargetResult[]): string {
+  return (
+    '| Target | Measured | Met |\n| --- | --- | --- |\n' +
+    targets
+      .map((t) => `| ${t.target} | ${t.value} | ${t.met === undefined ? '–' : t.met ? 'yes' : '**no**'} |`)
+      .join('\n') +
+    '\n'
+  );
+}
+
+function sh(cmd: string, args: string[]): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {
+    return '?';
+  }
+}
+
+export function describeMachine(workDir: string, projectRoot: string): Machine {
+  let cpuModel = '?';
+  try {
+    cpuModel = /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim() ?? '?';
+  } catch {
+    // not Linux
+  }
+  const dirty = sh('git', ['-C', projectRoot, 'status', '--porcelain', '--', 'src']) ? '+uncommitted' : '';
+  return {
+    cpus: os.availableParallelism(),
+    cpuModel,
+    memory: formatBytes(os.totalmem()),
+    kernel: `${os.type()} ${os.release()}`,
+    filesystem: sh('findmnt', ['-n', '-o', 'FSTYPE,SOURCE', '-T', workDir]).replace(/\s+/g, ' on '),
+    node: process.version,
+    loadBefore: os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' '),
+    versions: {},
+    ternCommit: sh('git', ['-C', projectRoot, 'rev-parse', '--short', 'HEAD']) + dirty,
+  };
+}
+
+export function machineMarkdown(m: Machine): string {
+  const v = Object.entries(m.versions)
+    .map(([k, ver]) => `${k} ${ver}`)
+    .join('; ');
+  return [
+    `- CPU: ${m.cpus} × ${m.cpuModel}; memory ${m.memory}; ${m.kernel}`,
+    `- Work directory filesystem: ${m.filesystem}`,
+    `- Node ${m.node}; Tern commit ${m.ternCommit}; ${v}`,
+    `- Load average (1/5/15 min) before: ${m.loadBefore}; after: ${m.loadAfter ?? '?'}`,
+  ].join('\n');
+}

@@ -1,0 +1,477 @@
+/**
+ * `npm run bench`: builds the data, runs Tern, restic and kopia (when built) on the same data in the same run,
+ * checks every restore against its source, and prints a Markdown table (also written to bench/out/).
+ *
+ *   node bench/run.ts [--quick] [--size 2GiB] [--files 100000] [--dir DIR] [--tools tern,restic,kopia]
+ *                     [--scenarios random,compressible,tree] [--seed S] [--drop-caches] [--keep]
+ *                     [--update-docs] [--out DIR]
+ */
+import { existsSync, readdirSync } from 'node:fs';
+import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { formatBytes, parseSize } from '../src/core/index.ts';
+import {
+  scatterOverwrite,
+  writeRandomFile,
+  writeSmallFileTree,
+  writeTextFile,
+  type ByteRange,
+} from './data.ts';
+import { dropCaches, du, findRestored, GNU_TIME, hashFile, hashTree, timed } from './measure.ts';
+import type { Machine, Row } from './report.ts';
+import {
+  describeMachine,
+  evaluateTargets,
+  machineMarkdown,
+  markdownTable,
+  targetsMarkdown,
+} from './report.ts';
+import type { Tool, ToolName } from './tools.ts';
+import { findBinary, KopiaTool, ResticTool, TernTool } from './tools.ts';
+
+const PROJECT_ROOT = path.resolve(import.meta.dirname, '..');
+const ALL_SCENARIOS = ['random', 'compressible', 'tree'] as const;
+type Scenario = (typeof ALL_SCENARIOS)[number];
+
+export interface BenchConfig {
+  size: number;
+  files: number;
+  baseDir: string;
+  tools: ToolName[] | undefined;
+  scenarios: Scenario[];
+  seed: string;
+  dropCaches: boolean;
+  keep: boolean;
+  updateDocs: boolean;
+  outDir: string;
+  command: string;
+}
+
+function parseConfig(argv: string[]): BenchConfig {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      quick: { type: 'boolean', default: false },
+      size: { type: 'string' },
+      files: { type: 'string' },
+      dir: { type: 'string' },
+      tools: { type: 'string' },
+      scenarios: { type: 'string' },
+      seed: { type: 'string', default: 'tern-bench-1' },
+      'drop-caches': { type: 'boolean', default: false },
+      keep: { type: 'boolean', default: false },
+      'update-docs': { type: 'boolean', default: false },
+      out: { type: 'string' },
+      help: { type: 'boolean', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(readHelp());
+    process.exit(0);
+  }
+  const size = parseSize(values.size ?? (values.quick ? '256MiB' : '2GiB'));
+  const files = Number(values.files ?? (values.quick ? 20000 : 100000));
+  if (!Number.isInteger(files) || files < 1) throw new Error(`--files must be a positive integer`);
+  const tools = values.tools?.split(',').map((t) => t.trim()) as ToolName[] | undefined;
+  for (const t of tools ?? [])
+    if (!['tern', 'restic', 'kopia'].includes(t))
+      throw new Error(`unknown tool "${t}" (tern, restic, kopia)`);
+  const scenarios = (values.scenarios?.split(',').map((s) => s.trim()) ?? [...ALL_SCENARIOS]) as Scenario[];
+  for (const s of scenarios)
+    if (!ALL_SCENARIOS.includes(s)) throw new Error(`unknown scenario "${s}" (${ALL_SCENARIOS.join(', ')})`);
+  const viaNpm = process.env.npm_lifecycle_event === 'bench';
+  return {
+    size,
+    files,
+    baseDir: path.resolve(values.dir ?? os.tmpdir()),
+    tools,
+    scenarios,
+    seed: values.seed,
+    dropCaches: values['drop-caches'],
+    keep: values.keep,
+    updateDocs: values['update-docs'],
+    outDir: path.resolve(values.out ?? path.join(PROJECT_ROOT, 'bench', 'out')),
+    command: `${viaNpm ? 'npm run bench --' : 'node bench/run.ts'}${argv.length ? ' ' + argv.join(' ') : ''}`,
+  };
+}
+
+function readHelp(): string {
+  return `Usage: npm run bench -- [options]   (or: node bench/run.ts [options])
+
+  --quick                256 MiB files and 20k small files instead of 2 GiB and 100k
+  --size SIZE            size of the random and compressible files (default 2GiB)
+  --files N              number of files in the small-file tree (default 100000)
+  --dir DIR              where to create the work directory (default ${os.tmpdir()}); pick the filesystem to test
+  --tools LIST           tern,restic,kopia (default: every one available)
+  --scenarios LIST       random,compressible,tree (default: all)
+  --seed S               data seed (same seed, same bytes)
+  --drop-caches          sync and drop the page cache before every timed command (root)
+  --keep                 keep the work directory
+  --update-docs          write the table into docs/benchmarks.md
+  --out DIR              where results-*.md/json go (default bench/out)
+`;
+}
+
+const log = (msg: string) =>
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+
+async function pickTools(
+  cfg: BenchConfig,
+  work: string,
+  peersDir: string,
+): Promise<{ tools: Tool[]; notes: string[] }> {
+  const wanted = cfg.tools ?? ['tern', 'restic', 'kopia'];
+  const explicit = cfg.tools !== undefined;
+  const tools: Tool[] = [];
+  const notes: string[] = [];
+  for (const name of wanted) {
+    if (name === 'tern') {
+      const tern = new TernTool(PROJECT_ROOT);
+      if (await tern.available()) tools.push(tern);
+      else if (explicit) throw new Error('tern CLI has no backup/restore/repo verbs yet');
+      else notes.push('tern: CLI has no backup/restore verbs yet, skipped');
+    } else {
+      const bin = findBinary(name, peersDir);
+      if (!bin) {
+        const refused =
+          existsSync(peersDir) &&
+          readdirSync(peersDir).some((f) => f.startsWith(`${name}-`) && f.endsWith('.unavailable'));
+        const msg = refused
+          ? `${name}: the Go module proxy does not serve it here (bench/peers.sh could not build it)`
+          : `${name}: binary not found (run bench/peers.sh; looked in ${peersDir}/bin and PATH)`;
+        if (explicit) throw new Error(msg);
+        notes.push(msg + ', skipped');
+        continue;
+      }
+      tools.push(name === 'restic' ? new ResticTool(bin, work) : new KopiaTool(bin, work));
+    }
+  }
+  if (tools.length === 0) throw new Error(`no tool to benchmark (${notes.join('; ')})`);
+  return { tools, notes };
+}
+
+interface Verify {
+  kind: 'file' | 'dir';
+  source: string;
+  hash: string;
+}
+
+class Bench {
+  readonly rows: Row[] = [];
+  private readonly cfg: BenchConfig;
+  private readonly work: string;
+  private readonly tools: Tool[];
+
+  constructor(cfg: BenchConfig, work: string, tools: Tool[]) {
+    this.cfg = cfg;
+    this.work = work;
+    this.tools = tools;
+  }
+
+  private repo(tool: Tool, scenario: string): string {
+    return path.join(this.work, 'repos', `${tool.name}-${scenario}`);
+  }
+
+  private async prepare(): Promise<void> {
+    if (this.cfg.dropCaches) await dropCaches();
+  }
+
+  /** One timed backup; returns the snapshot id, or undefined after recording an ERROR row. */
+  async backup(
+    tool: Tool,
+    repo: string,
+    base: Omit<Row, 'tool' | 'check'>,
+    source: string,
+    opts: { parent?: string; rangesFile?: string } = {},
+  ): Promise<string | undefined> {
+    const before = await du(repo);
+    await this.prepare();
+    try {
+      const res = await timed(tool.backup(repo, source, opts));
+      const id = tool.snapshotId(res.stdout);
+      this.rows.push({
+        ...base,
+        tool: tool.name,
+        seconds: res.seconds,
+        peakRssBytes: res.peakRssBytes,
+        storedBytes: (await du(repo)) - before,
+        check: 'ok',
+      });
+      log(
+        `${base.scenario} ${base.op} ${tool.name}: ${res.seconds.toFixed(2)} s, snapshot ${id.slice(0, 12)}`,
+      );
+      return id;
+    } catch (err) {
+      this.rows.push({ ...base, tool: tool.name, check: 'ERROR', note: message(err) });
+      log(`${base.scenario} ${base.op} ${tool.name}: ERROR ${message(err)}`);
+      return undefined;
+    }
+  }
+
+  /** One timed restore into a fresh directory, then the restored data is compared with the source. */
+  async restore(
+    tool: Tool,
+    repo: string,
+    base: Omit<Row, 'tool' | 'check'>,
+    snapshot: string | undefined,
+    verify: Verify,
+  ): Promise<void> {
+    if (snapshot === undefined) {
+      this.rows.push({ ...base, tool: tool.name, check: 'ERROR', note: 'no snapshot (backup failed)' });
+      return;
+    }
+    const target = path.join(this.work, 'restore', `${tool.name}-${base.scenario}-${base.op}`);
+    await rm(target, { recursive: true, force: true });
+    await mkdir(path.dirname(target), { recursive: true });
+    await this.prepare();
+    try {
+      const res = await timed(tool.restore(repo, snapshot, target));
+      let check: Row['check'] = 'ok';
+      let note: string | undefined;
+      try {
+        const restored = await findRestored(target, verify.source, verify.kind);
+        const hash = verify.kind === 'file' ? await hashFile(restored) : await hashTree(restored);
+        if (hash !== verify.hash) {
+          check = 'FAIL';
+          note = 'restored data differs from the source';
+        }
+      } catch (err) {
+        check = 'FAIL';
+        note = message(err);
+      }
+      this.rows.push({
+        ...base,
+        tool: tool.name,
+        seconds: res.seconds,
+        peakRssBytes: res.peakRssBytes,
+        check,
+        ...(note ? { note } : {}),
+      });
+      log(
+        `${base.scenario} ${base.op} ${tool.name}: ${res.seconds.toFixed(2)} s, ${check}${note ? ' ' + note : ''}`,
+      );
+    } catch (err) {
+      this.rows.push({ ...base, tool: tool.name, check: 'ERROR', note: message(err) });
+      log(`${base.scenario} ${base.op} ${tool.name}: ERROR ${message(err)}`);
+    } finally {
+      await rm(target, { recursive: true, force: true });
+    }
+  }
+
+  async random(): Promise<void> {
+    const size = this.cfg.size;
+    const data = path.join(this.work, 'data');
+    await mkdir(data, { recursive: true });
+    const file = path.join(data, 'random.bin');
+    log(`writing ${formatBytes(size)} random file`);
+    await writeRandomFile(file, size, this.cfg.seed);
+    const v1: Verify = { kind: 'file', source: file, hash: await hashFile(file) };
+
+    const full = new Map<ToolName, string | undefined>();
+    for (const tool of this.tools) {
+      const repo = this.repo(tool, 'random');
+      await tool.init(repo);
+      const id = await this.backup(tool, repo, { scenario: 'random', op: 'backup', bytes: size }, file);
+      full.set(tool.name, id);
+      await this.restore(tool, repo, { scenario: 'random', op: 'restore', bytes: size }, id, v1);
+    }
+    // The ranges run gets its own copy of the repository as it was after the full backup, so that it does not
+    // find the blobs the no-ranges incremental stored already.
+    const tern = this.tools.find((t) => t.supportsRanges);
+    const rangesRepo = tern ? this.repo(tern, 'random-ranges') : undefined;
+    if (tern && rangesRepo) await cp(this.repo(tern, 'random'), rangesRepo, { recursive: true });
+
+    log(`overwriting 1% of the file in 200 places`);
+    const ranges: ByteRange[] = await scatterOverwrite(file, size, this.cfg.seed);
+    const rangesFile = path.join(this.work, 'changed-ranges.json');
+    await writeFile(rangesFile, JSON.stringify(ranges));
+    const v2: Verify = { kind: 'file', source: file, hash: await hashFile(file) };
+    for (const tool of this.tools) {
+      const repo = this.repo(tool, 'random');
+      const parent = full.get(tool.name);
+      const base = { scenario: 'overwrite', op: 'incremental', bytes: size };
+      const id = parent
+        ? await this.backup(tool, repo, base, file, { parent })
+        : (this.rows.push({
+            ...base,
+            tool: tool.name,
+            check: 'ERROR',
+            note: 'no parent (full backup failed)',
+          }),
+          undefined);
+      await this.restore(tool, repo, { scenario: 'overwrite', op: 'restore', bytes: size }, id, v2);
+    }
+    if (tern && rangesRepo) {
+      const parent = full.get(tern.name);
+      const base = {
+        scenario: 'overwrite',
+        op: 'incremental-ranges',
+        bytes: size,
+        baseline: { scenario: 'overwrite', op: 'incremental' },
+      };
+      const id = parent ? await this.backup(tern, rangesRepo, base, file, { parent, rangesFile }) : undefined;
+      if (!parent)
+        this.rows.push({ ...base, tool: tern.name, check: 'ERROR', note: 'no parent (full backup failed)' });
+      await this.restore(
+        tern,
+        rangesRepo,
+        {
+          scenario: 'overwrite',
+          op: 'restore-ranges',
+          bytes: size,
+          baseline: { scenario: 'overwrite', op: 'restore' },
+        },
+        id,
+        v2,
+      );
+      await rm(rangesRepo, { recursive: true, force: true });
+    }
+    for (const tool of this.tools) await rm(this.repo(tool, 'random'), { recursive: true, force: true });
+    await rm(file, { force: true });
+  }
+
+  async compressible(): Promise<void> {
+    const size = this.cfg.size;
+    const data = path.join(this.work, 'data');
+    await mkdir(data, { recursive: true });
+    const file = path.join(data, 'text.log');
+    log(`writing ${formatBytes(size)} compressible text`);
+    await writeTextFile(file, size, this.cfg.seed);
+    const v: Verify = { kind: 'file', source: file, hash: await hashFile(file) };
+    for (const tool of this.tools) {
+      const repo = this.repo(tool, 'compressible');
+      await tool.init(repo);
+      const id = await this.backup(tool, repo, { scenario: 'compressible', op: 'backup', bytes: size }, file);
+      await this.restore(tool, repo, { scenario: 'compressible', op: 'restore', bytes: size }, id, v);
+      await rm(repo, { recursive: true, force: true });
+    }
+    await rm(file, { force: true });
+  }
+
+  async tree(): Promise<number> {
+    const root = path.join(this.work, 'data', 'tree');
+    log(`writing ${this.cfg.files} small files`);
+    const summary = await writeSmallFileTree(root, this.cfg.files, this.cfg.seed);
+    const v: Verify = { kind: 'dir', source: root, hash: await hashTree(root) };
+    for (const tool of this.tools) {
+      const repo = this.repo(tool, 'tree');
+      await tool.init(repo);
+      const id = await this.backup(
+        tool,
+        repo,
+        { scenario: 'tree', op: 'backup', bytes: summary.bytes },
+        root,
+      );
+      await this.restore(tool, repo, { scenario: 'tree', op: 'restore', bytes: summary.bytes }, id, v);
+      await rm(repo, { recursive: true, force: true });
+    }
+    await rm(root, { recursive: true, force: true });
+    return summary.bytes;
+  }
+}
+
+function message(err: unknown): string {
+  return (err instanceof Error ? err.message : String(err)).replace(/\s+/g, ' ').slice(0, 300);
+}
+
+export interface BenchResult {
+  rows: Row[];
+  machine: Machine;
+  markdown: string;
+  files: { markdown: string; json: string };
+}
+
+export async function runBench(cfg: BenchConfig): Promise<BenchResult> {
+  if (!existsSync(GNU_TIME)) throw new Error(`${GNU_TIME} missing: run bash bench/peers.sh first`);
+  await mkdir(cfg.baseDir, { recursive: true });
+  const work = await mkdtemp(path.join(cfg.baseDir, 'tern-bench-'));
+  const peersDir = process.env.TERN_PEERS_DIR ?? path.join(os.homedir(), '.cache', 'tern-peers');
+  const machine = describeMachine(work, PROJECT_ROOT);
+  const started = new Date();
+  try {
+    const { tools, notes } = await pickTools(cfg, work, peersDir);
+    for (const n of notes) log(n);
+    for (const t of tools)
+      machine.versions[t.name] = (await t.version()).replace(new RegExp(`^${t.name}\\s+`), '');
+    log(`work dir ${work} (${machine.filesystem}); tools: ${tools.map((t) => t.name).join(', ')}`);
+    const bench = new Bench(cfg, work, tools);
+    let treeBytes = 0;
+    for (const s of cfg.scenarios) {
+      if (s === 'random') await bench.random();
+      else if (s === 'compressible') await bench.compressible();
+      else treeBytes = await bench.tree();
+    }
+    machine.loadAfter = os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' ');
+    const sizeLabel = (scenario: string) =>
+      scenario === 'tree' ? `${cfg.files} files, ${formatBytes(treeBytes)}` : formatBytes(cfg.size);
+    const targets = evaluateTargets(bench.rows);
+    const markdown = [
+      `Taken ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC with \`${cfg.command}\`; local filesystem repositories.`,
+      '',
+      machineMarkdown(machine),
+      ...(notes.length ? ['', ...notes.map((n) => `- Not run: ${n}`)] : []),
+      '',
+      markdownTable(bench.rows, sizeLabel),
+      'MB/s = source bytes (10^6) / wall seconds of the whole command (incrementals: the full file size over the incremental time). × restic = throughput ÷ restic throughput for the same operation (ranges rows: ÷ restic incremental; restore of the ranges snapshot: ÷ restic restore of its incremental). Peak RSS = largest resident set of the process (GNU time). Stored = repository growth on disk. Check = restored data hashed and compared with the source.',
+      '',
+      'Targets (issue 3):',
+      '',
+      targetsMarkdown(targets),
+    ].join('\n');
+    await mkdir(cfg.outDir, { recursive: true });
+    const stamp = started.toISOString().slice(0, 16).replace(':', '');
+    const files = {
+      markdown: path.join(cfg.outDir, `results-${stamp}.md`),
+      json: path.join(cfg.outDir, `results-${stamp}.json`),
+    };
+    await writeFile(files.markdown, `# Tern benchmark results\n\n${markdown}`);
+    await writeFile(
+      files.json,
+      JSON.stringify({ config: cfg, machine, rows: bench.rows, targets }, null, 2) + '\n',
+    );
+    if (cfg.updateDocs) await updateDocs(markdown);
+    return { rows: bench.rows, machine, markdown, files };
+  } finally {
+    if (cfg.keep) log(`kept ${work}`);
+    else await rm(work, { recursive: true, force: true });
+  }
+}
+
+const BEGIN = '<!-- bench:begin (written by `npm run bench -- --update-docs`) -->';
+const END = '<!-- bench:end -->';
+
+/** Replaces the generated block of docs/benchmarks.md, keeping the hand-written text around it. */
+async function updateDocs(markdown: string): Promise<void> {
+  const file = path.join(PROJECT_ROOT, 'docs', 'benchmarks.md');
+  const block = `${BEGIN}\n\n${markdown}\n${END}`;
+  let text = existsSync(file) ? await readFile(file, 'utf8') : `# Benchmarks\n\n${BEGIN}\n${END}\n`;
+  const a = text.indexOf(BEGIN);
+  const b = text.indexOf(END);
+  text =
+    a >= 0 && b > a
+      ? text.slice(0, a) + block + text.slice(b + END.length)
+      : `${text.trimEnd()}\n\n${block}\n`;
+  await writeFile(file, text);
+  log(`updated ${path.relative(PROJECT_ROOT, file)}`);
+}
+
+if (import.meta.main) {
+  try {
+    const cfg = parseConfig(process.argv.slice(2));
+    const result = await runBench(cfg);
+    process.stdout.write(
+      `\n${result.markdown}\nWritten to ${path.relative(process.cwd(), result.files.markdown)}\n`,
+    );
+    const bad = result.rows.filter((r) => r.check === 'FAIL' || r.check === 'ERROR');
+    process.exitCode = bad.length ? 1 : 0;
+  } catch (err) {
+    process.stderr.write(`bench: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = 2;
+  }
+}
