@@ -34,10 +34,19 @@ export class CommandFailed extends Error {
   }
 }
 
-/** Runs a command to completion under GNU time; throws CommandFailed on a non-zero exit. */
+/**
+ * Runs a command to completion under GNU time; throws CommandFailed on a non-zero exit. Without GNU time
+ * (bench/peers.sh installs it) the command still runs and peak RSS is NaN.
+ */
 export async function timed(spec: RunSpec): Promise<RunResult> {
-  if (!existsSync(GNU_TIME))
-    throw new Error(`${GNU_TIME} missing: run bench/peers.sh (Debian package "time")`);
+  const env = { ...process.env, ...spec.env };
+  if (!existsSync(GNU_TIME)) {
+    const start = process.hrtime.bigint();
+    const { code, stdout, stderr } = await run(spec.cmd, spec.args, { env, cwd: spec.cwd });
+    const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+    if (code !== 0) throw new CommandFailed(spec, code, stderr, stdout);
+    return { seconds, peakRssBytes: NaN, stdout, stderr };
+  }
   const dir = await mkdtemp(path.join(os.tmpdir(), 'tern-bench-time-'));
   const timeFile = path.join(dir, 'time');
   try {
@@ -46,7 +55,7 @@ export async function timed(spec: RunSpec): Promise<RunResult> {
       GNU_TIME,
       ['-f', '%e %M', '-o', timeFile, spec.cmd, ...spec.args],
       {
-        env: { ...process.env, ...spec.env },
+        env,
         cwd: spec.cwd,
       },
     );

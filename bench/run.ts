@@ -385,7 +385,7 @@ export interface BenchResult {
 }
 
 export async function runBench(cfg: BenchConfig): Promise<BenchResult> {
-  if (!existsSync(GNU_TIME)) throw new Error(`${GNU_TIME} missing: run bash bench/peers.sh first`);
+  if (!existsSync(GNU_TIME)) log(`${GNU_TIME} missing (bash bench/peers.sh installs it): no peak RSS column`);
   await mkdir(cfg.baseDir, { recursive: true });
   const work = await mkdtemp(path.join(cfg.baseDir, 'tern-bench-'));
   const peersDir = process.env.TERN_PEERS_DIR ?? path.join(os.homedir(), '.cache', 'tern-peers');
