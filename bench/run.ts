@@ -3,7 +3,7 @@
  * checks every restore against its source, and prints a Markdown table (also written to bench/out/).
  *
  *   node bench/run.ts [--quick] [--size 2GiB] [--files 100000] [--dir DIR] [--tools tern,restic,kopia]
- *                     [--scenarios random,compressible,tree] [--seed S] [--drop-caches] [--keep]
+ *                     [--scenarios random,compressible,tree] [--seed S] [--repeat N] [--drop-caches] [--keep]
  *                     [--update-docs] [--out DIR]
  */
 import { existsSync, readdirSync } from 'node:fs';
@@ -42,6 +42,7 @@ export interface BenchConfig {
   tools: ToolName[] | undefined;
   scenarios: Scenario[];
   seed: string;
+  repeat: number;
   dropCaches: boolean;
   keep: boolean;
   updateDocs: boolean;
@@ -60,6 +61,7 @@ function parseConfig(argv: string[]): BenchConfig {
       tools: { type: 'string' },
       scenarios: { type: 'string' },
       seed: { type: 'string', default: 'tern-bench-1' },
+      repeat: { type: 'string', default: '1' },
       'drop-caches': { type: 'boolean', default: false },
       keep: { type: 'boolean', default: false },
       'update-docs': { type: 'boolean', default: false },
@@ -82,6 +84,8 @@ function parseConfig(argv: string[]): BenchConfig {
   const scenarios = (values.scenarios?.split(',').map((s) => s.trim()) ?? [...ALL_SCENARIOS]) as Scenario[];
   for (const s of scenarios)
     if (!ALL_SCENARIOS.includes(s)) throw new Error(`unknown scenario "${s}" (${ALL_SCENARIOS.join(', ')})`);
+  const repeat = Number(values.repeat);
+  if (!Number.isInteger(repeat) || repeat < 1) throw new Error(`--repeat must be a positive integer`);
   const viaNpm = process.env.npm_lifecycle_event === 'bench';
   return {
     size,
@@ -90,6 +94,7 @@ function parseConfig(argv: string[]): BenchConfig {
     tools,
     scenarios,
     seed: values.seed,
+    repeat,
     dropCaches: values['drop-caches'],
     keep: values.keep,
     updateDocs: values['update-docs'],
@@ -108,6 +113,7 @@ function readHelp(): string {
   --tools LIST           tern,restic,kopia (default: every one available)
   --scenarios LIST       random,compressible,tree (default: all)
   --seed S               data seed (same seed, same bytes)
+  --repeat N             run every scenario N times (tool order rotated) and report median seconds
   --drop-caches          sync and drop the page cache before every timed command (root)
   --keep                 keep the work directory
   --update-docs          write the table into docs/benchmarks.md
@@ -373,6 +379,44 @@ class Bench {
   }
 }
 
+/**
+ * One row per (scenario, operation, tool) in the order of the first run: median seconds of the repetitions,
+ * largest peak RSS, worst check.
+ */
+export function mergeRuns(runs: Row[][], tools: Tool[]): Row[] {
+  const key = (r: Row) => `${r.scenario}/${r.op}/${r.tool}`;
+  const groups: string[] = [];
+  for (const r of runs.flat())
+    if (!groups.includes(`${r.scenario}/${r.op}`)) groups.push(`${r.scenario}/${r.op}`);
+  const ordered: Row[] = [];
+  for (const g of groups) {
+    for (const t of tools) {
+      const r = runs.flat().find((x) => `${x.scenario}/${x.op}` === g && x.tool === t.name);
+      if (r) ordered.push(r);
+    }
+  }
+  const severity: Record<Row['check'], number> = { ok: 0, skipped: 1, ERROR: 2, FAIL: 3 };
+  return ordered.map((row) => {
+    const all = runs
+      .map((rs) => rs.find((r) => key(r) === key(row)))
+      .filter((r): r is Row => r !== undefined);
+    const secs = all
+      .map((r) => r.seconds)
+      .filter((v): v is number => v !== undefined)
+      .sort((a, b) => a - b);
+    const rss = all
+      .map((r) => r.peakRssBytes)
+      .filter((v): v is number => v !== undefined && Number.isFinite(v));
+    const worst = all.reduce((w, r) => (severity[r.check] > severity[w.check] ? r : w), row);
+    const merged: Row = { ...row, check: worst.check };
+    if (worst.note) merged.note = worst.note;
+    else delete merged.note;
+    if (secs.length) merged.seconds = secs[Math.floor((secs.length - 1) / 2)]!;
+    if (rss.length) merged.peakRssBytes = Math.max(...rss);
+    return merged;
+  });
+}
+
 function message(err: unknown): string {
   return (err instanceof Error ? err.message : String(err)).replace(/\s+/g, ' ').slice(0, 300);
 }
@@ -397,27 +441,36 @@ export async function runBench(cfg: BenchConfig): Promise<BenchResult> {
     for (const t of tools)
       machine.versions[t.name] = (await t.version()).replace(new RegExp(`^${t.name}\\s+`), '');
     log(`work dir ${work} (${machine.filesystem}); tools: ${tools.map((t) => t.name).join(', ')}`);
-    const bench = new Bench(cfg, work, tools);
     let treeBytes = 0;
-    for (const s of cfg.scenarios) {
-      if (s === 'random') await bench.random();
-      else if (s === 'compressible') await bench.compressible();
-      else treeBytes = await bench.tree();
+    const runs: Row[][] = [];
+    for (let i = 0; i < cfg.repeat; i++) {
+      // Rotate the order on each repetition so no tool always runs first (or right after data generation).
+      const order = tools.map((_, k) => tools[(k + i) % tools.length]!);
+      if (cfg.repeat > 1)
+        log(`repetition ${i + 1}/${cfg.repeat}, order ${order.map((t) => t.name).join(', ')}`);
+      const bench = new Bench(cfg, work, order);
+      for (const s of cfg.scenarios) {
+        if (s === 'random') await bench.random();
+        else if (s === 'compressible') await bench.compressible();
+        else treeBytes = await bench.tree();
+      }
+      runs.push(bench.rows);
     }
+    const rows = mergeRuns(runs, tools);
     machine.loadAfter = os
       .loadavg()
       .map((l) => l.toFixed(2))
       .join(' ');
     const sizeLabel = (scenario: string) =>
       scenario === 'tree' ? `${cfg.files} files, ${formatBytes(treeBytes)}` : formatBytes(cfg.size);
-    const targets = evaluateTargets(bench.rows);
+    const targets = evaluateTargets(rows);
     const markdown = [
       `Taken ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC with \`${cfg.command}\`; local filesystem repositories.`,
       '',
       machineMarkdown(machine),
       ...(notes.length ? ['', ...notes.map((n) => `- Not run: ${n}`)] : []),
       '',
-      markdownTable(bench.rows, sizeLabel),
+      markdownTable(rows, sizeLabel),
       'MB/s = source bytes (10^6) / wall seconds of the whole command (incrementals: the full file size over the incremental time). × restic = throughput ÷ restic throughput for the same operation (ranges rows: ÷ restic incremental; restore of the ranges snapshot: ÷ restic restore of its incremental). Peak RSS = largest resident set of the process (GNU time). Stored = repository growth on disk. Check = restored data hashed and compared with the source.',
       '',
       'Targets (issue 3):',
@@ -433,10 +486,10 @@ export async function runBench(cfg: BenchConfig): Promise<BenchResult> {
     await writeFile(files.markdown, `# Tern benchmark results\n\n${markdown}`);
     await writeFile(
       files.json,
-      JSON.stringify({ config: cfg, machine, rows: bench.rows, targets }, null, 2) + '\n',
+      JSON.stringify({ config: cfg, machine, rows: rows, targets }, null, 2) + '\n',
     );
     if (cfg.updateDocs) await updateDocs(markdown);
-    return { rows: bench.rows, machine, markdown, files };
+    return { rows: rows, machine, markdown, files };
   } finally {
     if (cfg.keep) log(`kept ${work}`);
     else await rm(work, { recursive: true, force: true });
