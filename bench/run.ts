@@ -6,7 +6,7 @@
  *                     [--scenarios random,compressible,tree] [--seed S] [--repeat N] [--drop-caches] [--keep]
  *                     [--update-docs] [--out DIR]
  */
-import { existsSync, readdirSync } from 'node:fs';
+import { accessSync, constants, existsSync, readdirSync } from 'node:fs';
 import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -84,6 +84,13 @@ function parseConfig(argv: string[]): BenchConfig {
   const scenarios = (values.scenarios?.split(',').map((s) => s.trim()) ?? [...ALL_SCENARIOS]) as Scenario[];
   for (const s of scenarios)
     if (!ALL_SCENARIOS.includes(s)) throw new Error(`unknown scenario "${s}" (${ALL_SCENARIOS.join(', ')})`);
+  if (values['drop-caches']) {
+    try {
+      accessSync('/proc/sys/vm/drop_caches', constants.W_OK);
+    } catch {
+      throw new Error('--drop-caches needs root (writes /proc/sys/vm/drop_caches)');
+    }
+  }
   const repeat = Number(values.repeat);
   if (!Number.isInteger(repeat) || repeat < 1) throw new Error(`--repeat must be a positive integer`);
   const viaNpm = process.env.npm_lifecycle_event === 'bench';
