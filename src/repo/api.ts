@@ -58,10 +58,26 @@ export interface TreeNode {
   /** Hard links: nodes sharing the same linkGroup are restored as links of the first one. */
   linkGroup?: string;
   rdev?: number;
+  /** Nanosecond-precise times as decimal strings (bigint stat); mtimeMs stays for readers that need less. */
+  mtimeNs?: string;
+  /** Change time and inode number at backup time: an incremental backup reuses `content` when they match. */
+  ctimeNs?: string;
+  inode?: string;
 }
 
 export interface TreeBlob {
   nodes: TreeNode[];
+  /** Root tree only: how the tree's files were chunked (informational; readers need none of it). */
+  chunker?: {
+    algorithm: string;
+    minSize: number;
+    avgSize: number;
+    maxSize: number;
+    normalization: number;
+    seed: string;
+  };
+  /** Root tree only: metadata of the backed-up directory itself (name ''). */
+  self?: TreeNode;
 }
 
 /** Chunk map of a block image (stored as a 'tree' blob). */

@@ -1,0 +1,488 @@
+/**
+ * Backup of a directory tree into blobs: files are cut by FastCDC into 'data' blobs, directories become
+ * canonical 'tree' blobs (bottom-up, so a directory's id depends on everything below it).
+ *
+ * Incremental (like restic): with a parent tree, a regular file whose size, mtime, ctime and inode match the
+ * parent's node (and whose chunks are all still known to the writer) reuses the parent's content list unread.
+ * Files that vanish or cannot be read become warnings, never a failed backup.
+ */
+import { constants as fsc } from 'node:fs';
+import fs from 'node:fs/promises';
+import type { BigIntStats } from 'node:fs';
+import path from 'node:path';
+import { CancelledError, InputError, throwIfAborted } from '../../core/index.ts';
+import type { RunOptions } from '../../core/index.ts';
+import type { BlobId, BlobReader, BlobWriter, TreeBlob, TreeNode } from '../api.ts';
+import { FastCdc } from './chunker.ts';
+import type { ChunkerParams } from './chunker.ts';
+import { compareNames, decodeTree, encodeTree } from './codec.ts';
+import { ExcludeMatcher } from './exclude.ts';
+import { errnoOf, fsError } from './fserrors.ts';
+import { Semaphore } from './limit.ts';
+import { isAllZero } from './zero.ts';
+
+export interface TreeBackupOptions extends RunOptions {
+  /** Tree of the previous snapshot of the same path; needs `reader`. */
+  parentTree?: BlobId;
+  reader?: BlobReader;
+  excludes?: string[];
+  chunker?: Partial<ChunkerParams>;
+  /** Files read at once (small files); default 24. */
+  fileConcurrency?: number;
+  /** Files larger than one chunk read at once; default 2. */
+  largeFileConcurrency?: number;
+}
+
+export interface TreeBackupStats {
+  bytesRead: number;
+  bytesAdded: number;
+  filesNew: number;
+  filesChanged: number;
+  filesUnmodified: number;
+  dirs: number;
+  /** Entries skipped or changed while being read (path: reason). At most MAX_WARNINGS, then a count. */
+  warnings: string[];
+}
+
+export interface TreeBackupResult {
+  tree: BlobId;
+  stats: TreeBackupStats;
+}
+
+const READ_SIZE = 8 * 1024 * 1024;
+/** Chunk saves in flight per file, and their bytes: the writer applies its own back-pressure as well. */
+const SAVES_IN_FLIGHT = 8;
+const SAVE_BYTES_IN_FLIGHT = 32 * 1024 * 1024;
+/** Smaller all-zero chunks are stored as data: a hole is not worth it. */
+const MIN_HOLE = 4096;
+/**
+ * Zero runs of at least this many bytes (in 4 KiB blocks aligned to the file offset, like filesystem holes)
+ * become holes of their own: the data chunk before one ends where the run begins.
+ */
+const ZERO_RUN = 256 * 1024;
+const BLOCK = 4096;
+
+/** Zero runs ([start, end) buffer indexes) of at least ZERO_RUN bytes in buf[0, end), blocks aligned to file offsets. */
+function zeroRuns(buf: Buffer, end: number, fileOffset: number): [number, number][] {
+  const runs: [number, number][] = [];
+  let b = (BLOCK - (fileOffset % BLOCK)) % BLOCK;
+  let runStart = -1;
+  for (; b + BLOCK <= end; b += BLOCK) {
+    if (isAllZero(buf, b, b + BLOCK)) {
+      if (runStart < 0) runStart = b;
+    } else {
+      if (runStart >= 0 && b - runStart >= ZERO_RUN) runs.push([runStart, b]);
+      runStart = -1;
+    }
+  }
+  if (runStart >= 0 && b - runStart >= ZERO_RUN) runs.push([runStart, b]);
+  return runs;
+}
+const MAX_WARNINGS = 1000;
+
+interface FileContent {
+  size: number;
+  content: (BlobId | null)[];
+  holeSizes?: number[];
+}
+
+/** Thrown inside the walk for an entry that is skipped with a warning. */
+class SkipEntry extends Error {}
+
+function nodeType(st: BigIntStats): TreeNode['type'] | undefined {
+  if (st.isFile()) return 'file';
+  if (st.isDirectory()) return 'dir';
+  if (st.isSymbolicLink()) return 'symlink';
+  if (st.isFIFO()) return 'fifo';
+  if (st.isCharacterDevice()) return 'chardev';
+  if (st.isBlockDevice()) return 'blockdev';
+  if (st.isSocket()) return 'socket';
+  return undefined;
+}
+
+function baseNode(name: string, st: BigIntStats, type: TreeNode['type']): TreeNode {
+  return {
+    name,
+    type,
+    mode: Number(st.mode & 0o7777n),
+    uid: Number(st.uid),
+    gid: Number(st.gid),
+    mtimeMs: Number(st.mtimeNs) / 1e6,
+    mtimeNs: st.mtimeNs.toString(),
+  };
+}
+
+class TreeBackup {
+  readonly stats: TreeBackupStats = {
+    bytesRead: 0,
+    bytesAdded: 0,
+    filesNew: 0,
+    filesChanged: 0,
+    filesUnmodified: 0,
+    dirs: 0,
+    warnings: [],
+  };
+  private warningCount = 0;
+  private readonly chunker: FastCdc;
+  private readonly excludes: ExcludeMatcher;
+  private readonly ioSem = new Semaphore(32);
+  private readonly fileSem: Semaphore;
+  private readonly largeSem: Semaphore;
+  private readonly treeLoadSem = new Semaphore(8);
+  private readonly hardLinks = new Map<string, Promise<FileContent | undefined>>();
+  private readonly controller = new AbortController();
+  private firstError: { error: unknown } | undefined;
+  readonly signal: AbortSignal;
+  private readonly myUid = process.getuid?.() ?? -1;
+  private lastProgress = 0;
+  private itemsDone = 0;
+
+  private readonly writer: BlobWriter;
+  private readonly root: string;
+  private readonly opts: TreeBackupOptions;
+
+  constructor(writer: BlobWriter, root: string, opts: TreeBackupOptions) {
+    this.writer = writer;
+    this.root = root;
+    this.opts = opts;
+    this.chunker = new FastCdc(opts.chunker);
+    this.excludes = new ExcludeMatcher(opts.excludes ?? [], root);
+    this.fileSem = new Semaphore(opts.fileConcurrency ?? 24);
+    this.largeSem = new Semaphore(opts.largeFileConcurrency ?? 2);
+    this.signal = opts.signal
+      ? AbortSignal.any([opts.signal, this.controller.signal])
+      : this.controller.signal;
+  }
+
+  async run(): Promise<TreeBackupResult> {
+    const absRoot = path.resolve(this.root);
+    let st: BigIntStats;
+    try {
+      st = await fs.stat(absRoot, { bigint: true });
+    } catch (err) {
+      throw fsError(err, `reading backup source ${absRoot}`);
+    }
+    if (!st.isDirectory()) throw new InputError(`${absRoot} is not a directory`);
+    const parent = await this.loadParent(this.opts.parentTree);
+    const self = baseNode('', st, 'dir');
+    let tree: BlobId;
+    try {
+      tree = await this.backupDir(absRoot, '', parent, { chunker: { ...this.chunker.params }, self }, true);
+    } catch (err) {
+      throw this.firstError ? this.firstError.error : err;
+    }
+    this.stats.dirs++;
+    this.report(true);
+    return { tree, stats: this.stats };
+  }
+
+  private fail(err: unknown): void {
+    if (!this.firstError && !(err instanceof SkipEntry)) {
+      this.firstError = { error: err };
+      this.controller.abort(err);
+    }
+  }
+
+  warn(rel: string, why: string): void {
+    this.warningCount++;
+    if (this.stats.warnings.length < MAX_WARNINGS) this.stats.warnings.push(`${rel || '.'}: ${why}`);
+    else this.stats.warnings[MAX_WARNINGS - 1] = `… and ${this.warningCount - MAX_WARNINGS + 1} more`;
+  }
+
+  private report(force = false): void {
+    const onProgress = this.opts.onProgress;
+    if (!onProgress) return;
+    const now = Date.now();
+    if (!force && now - this.lastProgress < 200) return;
+    this.lastProgress = now;
+    onProgress({
+      phase: 'backup',
+      bytesRead: this.stats.bytesRead,
+      bytesTransferred: this.stats.bytesAdded,
+      items: this.itemsDone,
+    });
+  }
+
+  private async loadParent(id: BlobId | undefined): Promise<TreeBlob | undefined> {
+    if (id === undefined) return undefined;
+    const reader = this.opts.reader;
+    if (!reader) throw new InputError('an incremental tree backup needs a reader for the parent tree');
+    const data = await this.treeLoadSem.run(() => reader.loadBlob(id, { signal: this.signal }));
+    return decodeTree(id, data);
+  }
+
+  /** Runs every child and fails as a group, after all of them have settled. */
+  private async settle<T>(tasks: Promise<T>[]): Promise<T[]> {
+    for (const t of tasks) t.catch((err: unknown) => this.fail(err));
+    const results = await Promise.allSettled(tasks);
+    const out: T[] = [];
+    for (const r of results) {
+      if (r.status === 'rejected') throw r.reason;
+      out.push(r.value);
+    }
+    return out;
+  }
+
+  private async backupDir(
+    abs: string,
+    rel: string,
+    parent: TreeBlob | undefined,
+    extra: Partial<TreeBlob>,
+    isRoot = false,
+  ): Promise<BlobId> {
+    throwIfAborted(this.signal);
+    let names: string[];
+    try {
+      names = await this.ioSem.run(() => fs.readdir(abs));
+    } catch (err) {
+      if (isRoot) throw fsError(err, `listing ${abs}`);
+      const code = errnoOf(err);
+      if (code === 'ENOENT' || code === 'ENOTDIR') {
+        this.warn(rel, 'directory vanished during backup');
+        throw new SkipEntry();
+      }
+      this.warn(rel, `cannot list directory (${code ?? String(err)}); stored empty`);
+      names = [];
+    }
+    names.sort(compareNames);
+    const parentNodes = new Map<string, TreeNode>();
+    for (const n of parent?.nodes ?? []) parentNodes.set(n.name, n);
+    const tasks: Promise<TreeNode | undefined>[] = [];
+    for (const name of names) {
+      const childRel = rel === '' ? name : `${rel}/${name}`;
+      if (!this.excludes.empty && this.excludes.excludes(childRel, name)) continue;
+      tasks.push(this.backupEntry(path.join(abs, name), childRel, name, parentNodes.get(name)));
+    }
+    const nodes = (await this.settle(tasks)).filter((n): n is TreeNode => n !== undefined);
+    const blob = encodeTree({ ...extra, nodes });
+    const saved = await this.writer.saveBlob('tree', blob, { signal: this.signal });
+    this.stats.bytesAdded += saved.storedBytes;
+    return saved.id;
+  }
+
+  private async backupEntry(
+    abs: string,
+    rel: string,
+    name: string,
+    parentNode: TreeNode | undefined,
+  ): Promise<TreeNode | undefined> {
+    throwIfAborted(this.signal);
+    let st: BigIntStats;
+    try {
+      st = await this.ioSem.run(() => fs.lstat(abs, { bigint: true }));
+    } catch (err) {
+      if (errnoOf(err) === 'ENOENT') this.warn(rel, 'vanished during backup');
+      else this.warn(rel, `cannot stat (${errnoOf(err) ?? String(err)})`);
+      return undefined;
+    }
+    const type = nodeType(st);
+    if (!type) {
+      this.warn(rel, 'unknown file type, skipped');
+      return undefined;
+    }
+    const node = baseNode(name, st, type);
+    try {
+      switch (type) {
+        case 'file':
+          await this.backupFile(abs, rel, st, node, parentNode);
+          break;
+        case 'dir': {
+          const parentSub =
+            parentNode?.type === 'dir' && parentNode.subtree
+              ? await this.loadParent(parentNode.subtree)
+              : undefined;
+          node.subtree = await this.backupDir(abs, rel, parentSub, {});
+          this.stats.dirs++;
+          break;
+        }
+        case 'symlink':
+          node.linkTarget = await this.ioSem.run(() => fs.readlink(abs));
+          break;
+        case 'chardev':
+        case 'blockdev':
+          node.rdev = Number(st.rdev);
+          break;
+        default:
+          break;
+      }
+    } catch (err) {
+      if (err instanceof SkipEntry) return undefined;
+      const code = errnoOf(err);
+      if (code === 'ENOENT' && type !== 'dir') {
+        this.warn(rel, 'vanished during backup');
+        return undefined;
+      }
+      if ((code === 'EACCES' || code === 'EPERM') && type !== 'dir') {
+        this.warn(rel, `cannot read (${code}), skipped`);
+        return undefined;
+      }
+      throw err;
+    }
+    this.itemsDone++;
+    this.report();
+    return node;
+  }
+
+  private async backupFile(
+    abs: string,
+    rel: string,
+    st: BigIntStats,
+    node: TreeNode,
+    parentNode: TreeNode | undefined,
+  ): Promise<void> {
+    node.ctimeNs = st.ctimeNs.toString();
+    node.inode = st.ino.toString();
+    node.size = Number(st.size);
+    if (st.nlink > 1n) node.linkGroup = `${st.dev}:${st.ino}`;
+    if (
+      parentNode?.type === 'file' &&
+      parentNode.size === node.size &&
+      parentNode.mtimeNs === node.mtimeNs &&
+      parentNode.ctimeNs === node.ctimeNs &&
+      parentNode.inode === node.inode &&
+      (parentNode.content ?? []).every((id) => id === null || this.writer.hasBlob(id))
+    ) {
+      node.content = parentNode.content ?? [];
+      if (parentNode.holeSizes) node.holeSizes = parentNode.holeSizes;
+      this.stats.filesUnmodified++;
+      return;
+    }
+    let pending: Promise<FileContent | undefined>;
+    const group = node.linkGroup;
+    const known = group === undefined ? undefined : this.hardLinks.get(group);
+    if (known) pending = known;
+    else {
+      const sem = node.size > this.chunker.minSize ? this.largeSem : this.fileSem;
+      pending = sem.run(() => this.readFile(abs, rel, node.size ?? 0));
+      if (group !== undefined) this.hardLinks.set(group, pending);
+    }
+    const content = await pending;
+    if (!content) throw new SkipEntry();
+    node.size = content.size;
+    node.content = content.content;
+    if (content.holeSizes) node.holeSizes = content.holeSizes;
+    if (known) this.stats.filesUnmodified++;
+    else if (parentNode?.type === 'file') this.stats.filesChanged++;
+    else this.stats.filesNew++;
+  }
+
+  /** Reads one file, cuts it into chunks and saves them; undefined when the file vanished or is unreadable. */
+  private async readFile(abs: string, rel: string, expectedSize: number): Promise<FileContent | undefined> {
+    throwIfAborted(this.signal);
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(abs, fsc.O_RDONLY | (this.myUid === 0 ? fsc.O_NOATIME : 0));
+    } catch (err) {
+      const code = errnoOf(err);
+      if (code === 'ENOENT') this.warn(rel, 'vanished during backup');
+      else this.warn(rel, `cannot open (${code ?? String(err)}), skipped`);
+      return undefined;
+    }
+    const content: (BlobId | null)[] = [];
+    const holeSizes: number[] = [];
+    let holes = false;
+    const saves: { index: number; size: number; promise: Promise<void> }[] = [];
+    let savingBytes = 0;
+    const drainOne = async (): Promise<void> => {
+      const s = saves.shift();
+      if (!s) return;
+      try {
+        await s.promise;
+      } finally {
+        savingBytes -= s.size;
+      }
+    };
+    const emit = async (chunk: Buffer, zero = false): Promise<void> => {
+      const index = content.length;
+      if (zero || (chunk.length >= MIN_HOLE && isAllZero(chunk))) {
+        content.push(null);
+        holeSizes.push(chunk.length);
+        holes = true;
+        return;
+      }
+      content.push(null);
+      holeSizes.push(0);
+      // Each chunk owns its memory: the writer may hand the buffer to a worker thread.
+      const own = Buffer.allocUnsafeSlow(chunk.length);
+      chunk.copy(own);
+      const promise = this.writer.saveBlob('data', own, { signal: this.signal }).then((r) => {
+        content[index] = r.id;
+        this.stats.bytesAdded += r.storedBytes;
+      });
+      // Rejections are taken by drainOne; keep them from being reported as unhandled in the meantime.
+      promise.catch(() => undefined);
+      saves.push({ index, size: chunk.length, promise });
+      savingBytes += chunk.length;
+      while (saves.length > SAVES_IN_FLIGHT || savingBytes > SAVE_BYTES_IN_FLIGHT) await drainOne();
+    };
+    let total = 0;
+    try {
+      let pending: Buffer | undefined;
+      let eof = false;
+      while (!eof) {
+        throwIfAborted(this.signal);
+        const carry = pending?.length ?? 0;
+        // One byte past the expected end, so that a small file needs a single read to see its end.
+        const want = Math.min(READ_SIZE, Math.max(64 * 1024, expectedSize - total + 1));
+        const buf = Buffer.allocUnsafeSlow(carry + want);
+        if (pending) pending.copy(buf, 0);
+        let filled = 0;
+        while (filled < want) {
+          const { bytesRead } = await fh.read(buf, carry + filled, want - filled, null);
+          if (bytesRead === 0) break;
+          filled += bytesRead;
+          // A short read that ends exactly at the size stat reported is the end of the file.
+          if (filled < want && total + filled >= expectedSize) break;
+        }
+        if (filled < want) eof = true;
+        total += filled;
+        this.stats.bytesRead += filled;
+        const end = carry + filled;
+        const runs = zeroRuns(buf, end, total - end);
+        let run = 0;
+        let pos = 0;
+        while (pos < end && (eof || end - pos >= this.chunker.maxSize)) {
+          while (run < runs.length && runs[run]![1] <= pos) run++;
+          const r = runs[run];
+          if (r && r[0] <= pos) {
+            await emit(buf.subarray(pos, r[1]), true);
+            pos = r[1];
+            continue;
+          }
+          // Content-defined cut, but never into the next zero run.
+          const len = this.chunker.cut(buf, pos, r ? Math.min(end, r[0]) : end);
+          await emit(buf.subarray(pos, pos + len));
+          pos += len;
+        }
+        pending = pos < end ? buf.subarray(pos, end) : undefined;
+        this.report();
+      }
+      while (saves.length > 0) await drainOne();
+    } catch (err) {
+      // Let in-flight saves finish before reporting, so nothing is still running when the backup fails.
+      await Promise.allSettled(saves.map((s) => s.promise));
+      await fh.close().catch(() => undefined);
+      if (err instanceof CancelledError || this.signal.aborted) throw err;
+      const code = errnoOf(err);
+      if (code === 'EIO' || code === 'EACCES' || code === 'EPERM' || code === 'EISDIR') {
+        this.warn(rel, `read failed (${code}), skipped`);
+        return undefined;
+      }
+      throw err;
+    }
+    await fh.close();
+    if (total !== expectedSize)
+      this.warn(rel, `size changed during backup (${expectedSize} → ${total} bytes)`);
+    const out: FileContent = { size: total, content };
+    if (holes) out.holeSizes = holeSizes;
+    return out;
+  }
+}
+
+export async function backupTree(
+  writer: BlobWriter,
+  root: string,
+  opts: TreeBackupOptions = {},
+): Promise<TreeBackupResult> {
+  return new TreeBackup(writer, root, opts).run();
+}

@@ -1,0 +1,94 @@
+/** Reading trees without restoring them: listing (ls) and the walk over every referenced blob (prune, verify). */
+import { NotFoundError, throwIfAborted } from '../../core/index.ts';
+import type { RunOptions } from '../../core/index.ts';
+import type { BlobId, BlobReader, TreeBlob, TreeNode } from '../api.ts';
+import { decodeTree } from './codec.ts';
+
+export async function loadTree(reader: BlobReader, id: BlobId, opts?: RunOptions): Promise<TreeBlob> {
+  return decodeTree(id, await reader.loadBlob(id, opts));
+}
+
+export interface ListOptions {
+  /** Descend into directories (depth first, in name order). */
+  recursive?: boolean;
+  /** Start below this path of the tree ('a/b'); a file path lists that one file. */
+  path?: string;
+}
+
+/** Entries of a tree as '/'-separated paths relative to the tree root (no leading slash). */
+export async function* listTree(
+  reader: BlobReader,
+  tree: BlobId,
+  opts: ListOptions = {},
+): AsyncIterable<{ path: string; node: TreeNode }> {
+  let current = await loadTree(reader, tree);
+  const parts = (opts.path ?? '').split('/').filter((s) => s !== '' && s !== '.');
+  let prefix = '';
+  for (let i = 0; i < parts.length; i++) {
+    const name = parts[i]!;
+    const node = current.nodes.find((n) => n.name === name);
+    const here = prefix === '' ? name : `${prefix}/${name}`;
+    if (!node) throw new NotFoundError(`${here} is not in the snapshot`);
+    if (node.type !== 'dir') {
+      if (i === parts.length - 1) {
+        yield { path: here, node };
+        return;
+      }
+      throw new NotFoundError(`${here} is not a directory`);
+    }
+    current = await loadTree(reader, node.subtree ?? '');
+    prefix = here;
+  }
+  yield* listNodes(reader, current, prefix, opts.recursive ?? false);
+}
+
+async function* listNodes(
+  reader: BlobReader,
+  tree: TreeBlob,
+  prefix: string,
+  recursive: boolean,
+): AsyncIterable<{ path: string; node: TreeNode }> {
+  for (const node of tree.nodes) {
+    const p = prefix === '' ? node.name : `${prefix}/${node.name}`;
+    yield { path: p, node };
+    if (recursive && node.type === 'dir' && node.subtree)
+      yield* listNodes(reader, await loadTree(reader, node.subtree), p, true);
+  }
+}
+
+/**
+ * Calls `visit` for every blob the tree references: each tree blob once, and every data blob of every
+ * distinct tree (a data blob shared by two different trees is visited once per tree). Loads run 8 at a time.
+ */
+export async function walkTree(
+  reader: BlobReader,
+  tree: BlobId,
+  visit: (blobId: BlobId, type: 'data' | 'tree') => void,
+  opts: RunOptions = {},
+): Promise<void> {
+  const seen = new Set<BlobId>([tree]);
+  visit(tree, 'tree');
+  const queue: BlobId[] = [tree];
+  const CONCURRENCY = 8;
+  const worker = async (): Promise<void> => {
+    for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
+      throwIfAborted(opts.signal);
+      const t = await loadTree(reader, id, { signal: opts.signal });
+      for (const node of t.nodes) {
+        if (node.content) for (const c of node.content) if (c !== null) visit(c, 'data');
+        if (node.type === 'dir' && node.subtree && !seen.has(node.subtree)) {
+          seen.add(node.subtree);
+          visit(node.subtree, 'tree');
+          queue.push(node.subtree);
+        }
+      }
+    }
+  };
+  // Workers that find the queue empty stop; the loop restarts them while loads keep adding work.
+  while (queue.length > 0) {
+    const running: Promise<void>[] = [];
+    for (let i = 0; i < Math.min(CONCURRENCY, queue.length); i++) running.push(worker());
+    const results = await Promise.allSettled(running);
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
+}

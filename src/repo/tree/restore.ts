@@ -1,0 +1,394 @@
+/**
+ * Restore of a directory tree from blobs.
+ *
+ * Every file is written under a temporary name in its final directory, checked (size), given its metadata and
+ * only then renamed into place, so an interrupted or failed restore never leaves a complete-looking file.
+ * Holes (null chunks) and all-zero runs inside chunks are not written: the file is sized first with ftruncate,
+ * so they stay sparse. Directory modes and times are applied after their contents (post-order).
+ */
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { ConflictError, IntegrityError, throwIfAborted } from '../../core/index.ts';
+import type { RunOptions } from '../../core/index.ts';
+import type { BlobId, BlobReader, TreeBlob, TreeNode } from '../api.ts';
+import { decodeTree } from './codec.ts';
+import { errnoOf, fsError } from './fserrors.ts';
+import { Semaphore } from './limit.ts';
+import { isAllZero } from './zero.ts';
+
+const execFileAsync = promisify(execFile);
+
+export interface TreeRestoreOptions extends RunOptions {
+  /** Paths below the tree root ('a/b'); only these and everything below them are restored. */
+  include?: string[];
+  /** Replace existing files (atomically); without it an existing entry is a ConflictError. */
+  overwrite?: boolean;
+  /** Files written at once; default 8. */
+  fileConcurrency?: number;
+}
+
+export interface TreeRestoreResult {
+  files: number;
+  bytes: number;
+  /** Entries that could not be recreated (sockets; devices when not root). */
+  warnings: string[];
+}
+
+/** Blob loads in flight per file. */
+const LOADS_AHEAD = 4;
+/** Granularity of zero runs that are skipped instead of written. */
+const SPARSE_BLOCK = 64 * 1024;
+
+type Selection = 'all' | 'ancestor' | 'none';
+
+function normalizeIncludes(include: string[] | undefined): string[] | undefined {
+  if (!include || include.length === 0) return undefined;
+  return include.map((p) =>
+    p
+      .split('/')
+      .filter((s) => s !== '' && s !== '.')
+      .join('/'),
+  );
+}
+
+function tempName(): string {
+  return `.tern-restore-${randomBytes(6).toString('hex')}`;
+}
+
+function timesOf(node: TreeNode): number {
+  // Seconds as a double: Node's utimes takes no nanoseconds, this keeps sub-microsecond precision.
+  if (node.mtimeNs !== undefined) {
+    const ns = BigInt(node.mtimeNs);
+    return Number(ns / 1_000_000_000n) + Number(ns % 1_000_000_000n) / 1e9;
+  }
+  return node.mtimeMs / 1000;
+}
+
+class TreeRestore {
+  readonly result: TreeRestoreResult = { files: 0, bytes: 0, warnings: [] };
+  private readonly reader: BlobReader;
+  private readonly opts: TreeRestoreOptions;
+  private readonly includes: string[] | undefined;
+  private readonly fileSem: Semaphore;
+  private readonly treeSem = new Semaphore(8);
+  private readonly hardLinks = new Map<string, Promise<string>>();
+  private readonly controller = new AbortController();
+  private firstError: { error: unknown } | undefined;
+  private readonly signal: AbortSignal;
+  private readonly isRoot = process.getuid?.() === 0;
+  private bytesRead = 0;
+  private lastProgress = 0;
+
+  constructor(reader: BlobReader, opts: TreeRestoreOptions) {
+    this.reader = reader;
+    this.opts = opts;
+    this.includes = normalizeIncludes(opts.include);
+    this.fileSem = new Semaphore(opts.fileConcurrency ?? 8);
+    this.signal = opts.signal
+      ? AbortSignal.any([opts.signal, this.controller.signal])
+      : this.controller.signal;
+  }
+
+  async run(tree: BlobId, target: string): Promise<TreeRestoreResult> {
+    const abs = path.resolve(target);
+    try {
+      await fs.mkdir(abs, { recursive: true });
+      const st = await fs.stat(abs);
+      if (!st.isDirectory()) throw new ConflictError(`restore target ${abs} is not a directory`);
+    } catch (err) {
+      throw fsError(err, `creating restore target ${abs}`);
+    }
+    try {
+      const root = await this.loadTree(tree);
+      await this.restoreDir(root, abs, '', 'ancestor', root.self, true);
+    } catch (err) {
+      throw this.firstError ? this.firstError.error : err;
+    }
+    this.report(true);
+    return this.result;
+  }
+
+  private fail(err: unknown): void {
+    if (!this.firstError) {
+      this.firstError = { error: err };
+      this.controller.abort(err);
+    }
+  }
+
+  private report(force = false): void {
+    const onProgress = this.opts.onProgress;
+    if (!onProgress) return;
+    const now = Date.now();
+    if (!force && now - this.lastProgress < 200) return;
+    this.lastProgress = now;
+    onProgress({
+      phase: 'restore',
+      bytesRead: this.result.bytes,
+      bytesTransferred: this.bytesRead,
+      items: this.result.files,
+    });
+  }
+
+  private async settle(tasks: Promise<unknown>[]): Promise<void> {
+    for (const t of tasks) t.catch((err: unknown) => this.fail(err));
+    const results = await Promise.allSettled(tasks);
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
+
+  private async loadTree(id: BlobId): Promise<TreeBlob> {
+    const data = await this.treeSem.run(() => this.reader.loadBlob(id, { signal: this.signal }));
+    this.bytesRead += data.length;
+    return decodeTree(id, data);
+  }
+
+  private select(rel: string, parent: Selection): Selection {
+    if (parent === 'all' || !this.includes) return 'all';
+    let sel: Selection = 'none';
+    for (const inc of this.includes) {
+      if (inc === '' || inc === rel || rel.startsWith(inc + '/')) return 'all';
+      if (inc.startsWith(rel + '/')) sel = 'ancestor';
+    }
+    return sel;
+  }
+
+  /** Removes what is in the way of `abs`, or refuses when not overwriting. Returns whether it was a directory. */
+  private async clearWay(abs: string, wantDir: boolean): Promise<boolean> {
+    let st;
+    try {
+      st = await fs.lstat(abs);
+    } catch (err) {
+      if (errnoOf(err) === 'ENOENT') return false;
+      throw fsError(err, `checking ${abs}`);
+    }
+    if (wantDir && st.isDirectory()) return true;
+    if (!this.opts.overwrite)
+      throw new ConflictError(`${abs} already exists (restore with overwrite to replace it)`);
+    // A file is replaced by rename; only a directory in the way of a non-directory must go first.
+    if (st.isDirectory() || wantDir) await fs.rm(abs, { recursive: true, force: true });
+    return false;
+  }
+
+  private async restoreDir(
+    tree: TreeBlob,
+    abs: string,
+    rel: string,
+    sel: Selection,
+    self: TreeNode | undefined,
+    isTarget = false,
+  ): Promise<void> {
+    throwIfAborted(this.signal);
+    const tasks: Promise<unknown>[] = [];
+    for (const node of tree.nodes) {
+      const childRel = rel === '' ? node.name : `${rel}/${node.name}`;
+      const childSel = this.select(childRel, sel);
+      if (childSel === 'none') continue;
+      const childAbs = path.join(abs, node.name);
+      if (node.type === 'dir') tasks.push(this.restoreSubdir(node, childAbs, childRel, childSel));
+      else if (childSel === 'all') tasks.push(this.restoreLeaf(node, childAbs, childRel));
+    }
+    await this.settle(tasks);
+    // Only a directory the tree fully describes gets its metadata; the target gets it when restored whole.
+    if (self && (sel === 'all' || (isTarget && !this.includes))) await this.applyMeta(self, abs, 'dir');
+  }
+
+  private async restoreSubdir(node: TreeNode, abs: string, rel: string, sel: Selection): Promise<void> {
+    try {
+      if (!(await this.clearWay(abs, true))) await fs.mkdir(abs, { mode: 0o700 });
+    } catch (err) {
+      throw fsError(err, `creating directory ${abs}`);
+    }
+    const sub = await this.loadTree(node.subtree ?? '');
+    await this.restoreDir(sub, abs, rel, sel, node);
+  }
+
+  private async restoreLeaf(node: TreeNode, abs: string, rel: string): Promise<void> {
+    throwIfAborted(this.signal);
+    switch (node.type) {
+      case 'file':
+        return this.restoreFile(node, abs);
+      case 'symlink':
+        return this.restoreSpecial(node, abs, (tmp) => fs.symlink(node.linkTarget ?? '', tmp));
+      case 'fifo':
+        return this.restoreSpecial(node, abs, async (tmp) => {
+          await execFileAsync('mkfifo', ['-m', '600', '--', tmp]);
+        });
+      case 'chardev':
+      case 'blockdev': {
+        if (!this.isRoot || node.rdev === undefined) {
+          this.warning(rel, `${node.type} not restored (needs root)`);
+          return;
+        }
+        const rdev = node.rdev;
+        // Linux dev_t encoding (glibc gnu_dev_major/minor).
+        const major = ((rdev >> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
+        const minor = (rdev & 0xff) | ((rdev >> 12) & ~0xff & 0xfffff);
+        return this.restoreSpecial(node, abs, async (tmp) => {
+          await execFileAsync('mknod', [
+            '-m',
+            '600',
+            '--',
+            tmp,
+            node.type === 'chardev' ? 'c' : 'b',
+            `${major}`,
+            `${minor}`,
+          ]);
+        });
+      }
+      default:
+        this.warning(rel, `${node.type} not restored`);
+    }
+  }
+
+  private warning(rel: string, why: string): void {
+    if (this.result.warnings.length < 1000) this.result.warnings.push(`${rel}: ${why}`);
+  }
+
+  /** Creates a non-regular entry under a temporary name, gives it its metadata, renames it into place. */
+  private async restoreSpecial(
+    node: TreeNode,
+    abs: string,
+    create: (tmp: string) => Promise<void>,
+  ): Promise<void> {
+    const tmp = path.join(path.dirname(abs), tempName());
+    try {
+      await this.clearWay(abs, false);
+      await create(tmp);
+      await this.applyMeta(node, tmp, node.type);
+      await fs.rename(tmp, abs);
+    } catch (err) {
+      await fs.rm(tmp, { force: true }).catch(() => undefined);
+      throw fsError(err, `restoring ${abs}`);
+    }
+  }
+
+  private async applyMeta(node: TreeNode, abs: string, type: TreeNode['type']): Promise<void> {
+    if (this.isRoot) await fs.lchown(abs, node.uid, node.gid);
+    // chmod after chown: chown clears set-id bits. Symlinks have no mode of their own on Linux.
+    if (type !== 'symlink') await fs.chmod(abs, node.mode);
+    const t = timesOf(node);
+    await fs.lutimes(abs, t, t);
+  }
+
+  private async restoreFile(node: TreeNode, abs: string): Promise<void> {
+    const group = node.linkGroup;
+    if (group !== undefined) {
+      const first = this.hardLinks.get(group);
+      if (first) {
+        const firstPath = await first;
+        const tmp = path.join(path.dirname(abs), tempName());
+        try {
+          await this.clearWay(abs, false);
+          await fs.link(firstPath, tmp);
+          await fs.rename(tmp, abs);
+        } catch (err) {
+          await fs.rm(tmp, { force: true }).catch(() => undefined);
+          throw fsError(err, `linking ${abs} to ${firstPath}`);
+        }
+        this.result.files++;
+        return;
+      }
+      const done = this.fileSem.run(() => this.writeFile(node, abs)).then(() => abs);
+      this.hardLinks.set(group, done);
+      await done;
+      return;
+    }
+    await this.fileSem.run(() => this.writeFile(node, abs));
+  }
+
+  private async writeFile(node: TreeNode, abs: string): Promise<void> {
+    throwIfAborted(this.signal);
+    const size = node.size ?? 0;
+    const tmp = path.join(path.dirname(abs), tempName());
+    let fh: fs.FileHandle | undefined;
+    const content = node.content ?? [];
+    const loads: (Promise<Buffer> | undefined)[] = [];
+    const startLoad = (i: number): void => {
+      const id = content[i];
+      if (i < content.length && id !== null && id !== undefined && loads[i] === undefined) {
+        const p = this.reader.loadBlob(id, { signal: this.signal });
+        p.catch(() => undefined);
+        loads[i] = p;
+      }
+    };
+    try {
+      await this.clearWay(abs, false);
+      fh = await fs.open(tmp, 'wx', 0o600);
+      if (size > 0) await fh.truncate(size);
+      let offset = 0;
+      for (let i = 0; i < Math.min(LOADS_AHEAD, content.length); i++) startLoad(i);
+      for (let i = 0; i < content.length; i++) {
+        throwIfAborted(this.signal);
+        startLoad(i + LOADS_AHEAD);
+        const id = content[i];
+        if (id === null || id === undefined) {
+          offset += node.holeSizes?.[i] ?? 0;
+          continue;
+        }
+        const data = await loads[i]!;
+        loads[i] = undefined;
+        this.bytesRead += data.length;
+        if (offset + data.length > size)
+          throw new IntegrityError(`chunks of ${abs} exceed its recorded size ${size}`, {
+            details: { blob: id },
+          });
+        await writeSparse(fh, data, offset);
+        offset += data.length;
+        this.report();
+      }
+      if (offset !== size)
+        throw new IntegrityError(`chunks of ${abs} add up to ${offset} bytes, the tree records ${size}`);
+      const st = await fh.stat();
+      if (st.size !== size)
+        throw new IntegrityError(`restored ${abs} has ${st.size} bytes, expected ${size}`);
+      if (this.isRoot) await fh.chown(node.uid, node.gid);
+      await fh.chmod(node.mode);
+      const t = timesOf(node);
+      await fh.utimes(t, t);
+      await fh.close();
+      fh = undefined;
+      await fs.rename(tmp, abs);
+    } catch (err) {
+      await Promise.allSettled(loads.filter((p) => p !== undefined));
+      await fh?.close().catch(() => undefined);
+      await fs.rm(tmp, { force: true }).catch(() => undefined);
+      throw fsError(err, `restoring ${abs}`);
+    }
+    this.result.files++;
+    this.result.bytes += size;
+  }
+}
+
+/** Writes `data` at `position`, skipping all-zero blocks (the file was pre-sized, so they read as zeros). */
+async function writeSparse(fh: fs.FileHandle, data: Buffer, position: number): Promise<void> {
+  let runStart = -1;
+  for (let o = 0; o < data.length; o += SPARSE_BLOCK) {
+    const end = Math.min(o + SPARSE_BLOCK, data.length);
+    const zero = end - o === SPARSE_BLOCK && isAllZero(data, o, end);
+    if (!zero && runStart < 0) runStart = o;
+    else if (zero && runStart >= 0) {
+      await writeAll(fh, data.subarray(runStart, o), position + runStart);
+      runStart = -1;
+    }
+  }
+  if (runStart >= 0) await writeAll(fh, data.subarray(runStart), position + runStart);
+}
+
+async function writeAll(fh: fs.FileHandle, data: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < data.length) {
+    const { bytesWritten } = await fh.write(data, done, data.length - done, position + done);
+    done += bytesWritten;
+  }
+}
+
+export async function restoreTree(
+  reader: BlobReader,
+  tree: BlobId,
+  target: string,
+  opts: TreeRestoreOptions = {},
+): Promise<TreeRestoreResult> {
+  return new TreeRestore(reader, opts).run(tree, target);
+}
