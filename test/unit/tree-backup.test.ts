@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ConflictError, IntegrityError } from '../../src/core/index.ts';
+import { CancelledError, ConflictError, IntegrityError } from '../../src/core/index.ts';
+import { randomBytes } from 'node:crypto';
 import type { BlobId, TreeNode } from '../../src/repo/api.ts';
 import { backupTree, encodeTree, listTree, restoreTree, walkTree } from '../../src/repo/tree/index.ts';
 import { MemoryBlobs } from './tree-memory-repo.ts';
@@ -237,4 +238,57 @@ test('ownership is restored when running as root', { skip: !isRoot && 'needs roo
   assert.equal(fs.lstatSync(path.join(dst, 'link-to-hello')).gid, 8765);
   assert.equal(fs.statSync(path.join(dst, 'nested/a')).uid, 1111);
   assert.equal(fs.statSync(path.join(dst, 'setuid-bin')).mode & 0o7777, 0o4755);
+});
+
+test('a small change inside a 20 MiB file stores only the chunks around it', async (t) => {
+  const dir = tmpdir(t);
+  const src = path.join(dir, 'src');
+  fs.mkdirSync(src);
+  const big = path.join(src, 'big.bin');
+  fs.writeFileSync(big, randomBytes(20 * 1024 * 1024));
+  const repo = new MemoryBlobs();
+  const first = await backupTree(repo, src, {});
+  const stored = repo.savedBytes;
+  const fd = fs.openSync(big, 'r+');
+  fs.writeSync(fd, Buffer.from('a few changed bytes'), 0, 19, 10 * 1024 * 1024);
+  fs.closeSync(fd);
+  const second = await backupTree(repo, src, { parentTree: first.tree, reader: repo });
+  assert.equal(second.stats.filesChanged, 1);
+  assert.equal(second.stats.bytesRead, 20 * 1024 * 1024);
+  const added = repo.savedBytes - stored;
+  assert.ok(added < 9 * 1024 * 1024, `added ${added} bytes`);
+  const dst = path.join(dir, 'dst');
+  await restoreTree(repo, second.tree, dst, {});
+  assert.deepEqual(describeTree(dst), describeTree(src));
+});
+
+test('an aborted backup or restore stops with CancelledError and leaves no temporary file', async (t) => {
+  const dir = tmpdir(t);
+  const src = path.join(dir, 'src');
+  buildFixture(src, 4);
+  const repo = new MemoryBlobs();
+  const ac = new AbortController();
+  ac.abort();
+  await assert.rejects(backupTree(repo, src, { signal: ac.signal }), CancelledError);
+  const { tree } = await backupTree(repo, src, {});
+  const dst = path.join(dir, 'dst');
+  const ac2 = new AbortController();
+  let loads = 0;
+  const reader = {
+    blobSize: (id: BlobId) => repo.blobSize(id),
+    loadBlob: async (id: BlobId) => {
+      if (++loads === 20) ac2.abort();
+      return repo.loadBlob(id);
+    },
+  };
+  await assert.rejects(restoreTree(reader, tree, dst, { signal: ac2.signal }), CancelledError);
+  const left: string[] = [];
+  const walk = (p: string): void => {
+    for (const e of fs.readdirSync(p, { withFileTypes: true })) {
+      if (e.name.startsWith('.tern-restore-')) left.push(e.name);
+      if (e.isDirectory()) walk(path.join(p, e.name));
+    }
+  };
+  walk(dst);
+  assert.deepEqual(left, []);
 });

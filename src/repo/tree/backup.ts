@@ -174,6 +174,7 @@ class TreeBackup {
     try {
       tree = await this.backupDir(absRoot, '', parent, { chunker: { ...this.chunker.params }, self }, true);
     } catch (err) {
+      if (this.opts.signal?.aborted) throw new CancelledError('tree backup cancelled', { cause: err });
       throw this.firstError ? this.firstError.error : err;
     }
     this.stats.dirs++;

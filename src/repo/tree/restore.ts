@@ -12,7 +12,7 @@ import fsSync from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { ConflictError, IntegrityError, throwIfAborted } from '../../core/index.ts';
+import { CancelledError, ConflictError, IntegrityError, throwIfAborted } from '../../core/index.ts';
 import type { RunOptions } from '../../core/index.ts';
 import type { BlobId, BlobReader, TreeBlob, TreeNode } from '../api.ts';
 import { decodeTree } from './codec.ts';
@@ -111,6 +111,7 @@ class TreeRestore {
       const root = await this.loadTree(tree);
       await this.restoreDir(root, abs, '', 'ancestor', root.self, true);
     } catch (err) {
+      if (this.opts.signal?.aborted) throw new CancelledError('tree restore cancelled', { cause: err });
       throw this.firstError ? this.firstError.error : err;
     }
     this.report(true);

@@ -1,0 +1,56 @@
+/**
+ * A full disk during a tree restore: a real tmpfs too small for the tree. The restore fails with NoSpaceError,
+ * and no file that did not fit is left looking complete (nor any temporary file).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { NoSpaceError } from '../../src/core/index.ts';
+import { backupTree, restoreTree } from '../../src/repo/tree/index.ts';
+import { MemoryBlobs } from '../unit/tree-memory-repo.ts';
+
+const canMount = process.getuid?.() === 0 && process.platform === 'linux';
+
+test(
+  'restore onto a full filesystem fails with NoSpaceError and leaves no partial file',
+  { skip: !canMount && 'needs root to mount a tmpfs' },
+  async (t) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-nospace-'));
+    const mnt = path.join(dir, 'mnt');
+    fs.mkdirSync(mnt);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=6m', 'tmpfs', mnt]);
+    t.after(() => {
+      execFileSync('umount', [mnt]);
+      fs.rmSync(dir, { recursive: true, force: true });
+    });
+    const src = path.join(dir, 'src');
+    fs.mkdirSync(src);
+    const sums = new Map<string, string>();
+    for (let i = 0; i < 6; i++) {
+      const data = randomBytes(1536 * 1024 + i);
+      fs.writeFileSync(path.join(src, `part${i}.bin`), data);
+      sums.set(`part${i}.bin`, createHash('sha256').update(data).digest('hex'));
+    }
+    const repo = new MemoryBlobs();
+    const { tree } = await backupTree(repo, src, {});
+    const target = path.join(mnt, 'restore');
+    await assert.rejects(restoreTree(repo, tree, target, { fileConcurrency: 2 }), (err: unknown) => {
+      assert.ok(err instanceof NoSpaceError, String(err));
+      assert.match((err as Error).message, /no space left on device while restoring .*part\d\.bin/);
+      return true;
+    });
+    const left = fs.readdirSync(target);
+    assert.ok(left.length < 6);
+    for (const name of left) {
+      assert.ok(!name.startsWith('.tern-restore-'), `temporary file ${name} left behind`);
+      const got = createHash('sha256')
+        .update(fs.readFileSync(path.join(target, name)))
+        .digest('hex');
+      assert.equal(got, sums.get(name), `${name} is complete-looking but wrong`);
+    }
+  },
+);
