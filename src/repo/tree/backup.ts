@@ -147,6 +147,7 @@ class TreeBackup {
   private lastProgress = 0;
   private itemsDone = 0;
   private lastYield = performance.now();
+  private pause: Promise<void> | undefined;
 
   private readonly writer: BlobWriter;
   private readonly root: string;
@@ -193,10 +194,17 @@ class TreeBackup {
    * without the event loop turning (no timers, no signals, no Ctrl-C). Give it a turn every 10 ms.
    */
   private breathe(): Promise<void> | undefined {
-    const now = performance.now();
-    if (now - this.lastYield < 10) return undefined;
-    this.lastYield = now;
-    return new Promise((resolve) => setImmediate(resolve));
+    // Every chain of work passes here before its next synchronous read, so all of them wait for the same turn.
+    if (this.pause) return this.pause;
+    if (performance.now() - this.lastYield < 10) return undefined;
+    this.pause = new Promise((resolve) =>
+      setImmediate(() => {
+        this.pause = undefined;
+        this.lastYield = performance.now();
+        resolve();
+      }),
+    );
+    return this.pause;
   }
 
   private fail(err: unknown): void {
