@@ -143,7 +143,11 @@ class TreeBackup {
   private readonly controller = new AbortController();
   private firstError: { error: unknown } | undefined;
   readonly signal: AbortSignal;
-  private readonly myUid = process.getuid?.() ?? -1;
+  /**
+   * O_NONBLOCK: if a file was replaced by a fifo after lstat, open must not hang (no effect on regular files).
+   * O_NOATIME (root only, else EPERM on others' files): a backup does not touch access times.
+   */
+  private readonly openFlags = fsc.O_RDONLY | fsc.O_NONBLOCK | (process.getuid?.() === 0 ? fsc.O_NOATIME : 0);
   private lastProgress = 0;
   private itemsDone = 0;
   private lastYield = performance.now();
@@ -447,7 +451,7 @@ class TreeBackup {
     let buf: Buffer;
     let total = 0;
     try {
-      const fd = fsSync.openSync(abs, fsc.O_RDONLY | (this.myUid === 0 ? fsc.O_NOATIME : 0));
+      const fd = fsSync.openSync(abs, this.openFlags);
       try {
         // One byte more than expected: a file that grew goes the streaming way.
         buf = Buffer.allocUnsafeSlow(expectedSize + 1);
@@ -484,7 +488,7 @@ class TreeBackup {
     throwIfAborted(this.signal);
     let fh: fs.FileHandle;
     try {
-      fh = await fs.open(abs, fsc.O_RDONLY | (this.myUid === 0 ? fsc.O_NOATIME : 0));
+      fh = await fs.open(abs, this.openFlags);
     } catch (err) {
       const code = errnoOf(err);
       if (code === 'ENOENT') this.warn(rel, 'vanished during backup');
