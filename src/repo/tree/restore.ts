@@ -79,6 +79,7 @@ class TreeRestore {
   private readonly includes: string[] | undefined;
   private readonly fileSem: Semaphore;
   private readonly treeSem = new Semaphore(8);
+  private readonly entrySem = new Semaphore(256);
   private readonly hardLinks = new Map<string, Promise<string>>();
   private readonly controller = new AbortController();
   private firstError: { error: unknown } | undefined;
@@ -197,9 +198,23 @@ class TreeRestore {
       if (childSel === 'none') continue;
       const childAbs = path.join(abs, node.name);
       if (node.type === 'dir') tasks.push(this.restoreSubdir(node, childAbs, childRel, childSel));
-      else if (childSel === 'all') tasks.push(this.restoreLeaf(node, childAbs, childRel));
+      else if (childSel === 'all') {
+        // A slot per entry in progress keeps a directory of a million files from queueing them all at once.
+        await this.entrySem.acquire();
+        if (this.signal.aborted) {
+          this.entrySem.release();
+          break;
+        }
+        const leaf = this.restoreLeaf(node, childAbs, childRel);
+        leaf.then(
+          () => this.entrySem.release(),
+          () => this.entrySem.release(),
+        );
+        tasks.push(leaf);
+      }
     }
     await this.settle(tasks);
+    throwIfAborted(this.signal);
     // Only a directory the tree fully describes gets its metadata; the target gets it when restored whole.
     if (self && (sel === 'all' || (isTarget && !this.includes))) await this.applyMeta(self, abs, 'dir');
   }
