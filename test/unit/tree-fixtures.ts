@@ -54,6 +54,7 @@ export function buildFixture(root: string, bigMiB = 3): void {
     fs.chownSync(path.join(root, 'hello.txt'), 1234, 5678);
     fs.lchownSync(path.join(root, 'link-to-hello'), 4321, 8765);
     fs.chownSync(path.join(root, 'nested/a'), 1111, 2222);
+    execFileSync('mknod', [path.join(root, 'null-dev'), 'c', '1', '3']);
   }
   // Distinct times everywhere, directories last (writing into them changes their mtime).
   let t = 1_600_000_000.123456;
@@ -80,6 +81,7 @@ export interface EntryFacts {
   size?: number;
   sha?: string;
   target?: string;
+  rdev?: number;
   /** Index of the hard-link group (by inode) within this tree, when nlink > 1. */
   linkGroup?: number;
 }
@@ -102,12 +104,15 @@ export function describeTree(root: string): Map<string, EntryFacts> {
               ? 'symlink'
               : st.isFIFO()
                 ? 'fifo'
-                : 'other',
+                : st.isCharacterDevice()
+                  ? 'chardev'
+                  : 'other',
         mode: Number(st.mode & 0o7777n),
         uid: Number(st.uid),
         gid: Number(st.gid),
         mtimeUs: st.mtimeNs / 1000n,
       };
+      if (facts.type === 'chardev') facts.rdev = Number(st.rdev);
       if (facts.type === 'symlink') {
         facts.target = fs.readlinkSync(p);
         delete (facts as { mode?: number }).mode;
