@@ -4,7 +4,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, openSync, readdirSync, readFileSync, readSync } from 'node:fs';
 import { lstat, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -127,28 +127,51 @@ export async function hashFile(file: string): Promise<string> {
 
 /**
  * A fingerprint of a directory tree: names, types, permission bits, sizes and content hashes of every entry,
- * in sorted order. Timestamps are left out (tools differ on directory mtimes).
+ * in sorted order. Timestamps are left out (tools differ on directory mtimes). Synchronous calls: for 100k small
+ * files they are several times faster than the thread-pool round trips of fs/promises.
  */
-export async function hashTree(root: string): Promise<string> {
+export function hashTree(root: string): Promise<string> {
   const h = createHash('sha256');
-  const walk = async (rel: string): Promise<void> => {
-    const entries = (await readdir(path.join(root, rel))).sort();
+  const walk = (rel: string): void => {
+    const entries = readdirSync(path.join(root, rel)).sort();
     for (const name of entries) {
       const r = rel ? `${rel}/${name}` : name;
       const full = path.join(root, r);
-      const st = await lstat(full);
+      const st = lstatSync(full);
       const mode = (st.mode & 0o7777).toString(8);
       if (st.isDirectory()) {
         h.update(`d ${r} ${mode}\n`);
-        await walk(r);
+        walk(r);
       } else if (st.isFile()) {
-        h.update(`f ${r} ${mode} ${st.size} ${await hashFile(full)}\n`);
+        const content =
+          st.size <= 1024 * 1024 ? createHash('sha256').update(readFileSync(full)).digest('hex') : '';
+        h.update(`f ${r} ${mode} ${st.size} ${content || hashFileSync(full)}\n`);
       } else {
         h.update(`o ${r} ${mode}\n`);
       }
     }
   };
-  await walk('');
+  try {
+    walk('');
+    return Promise.resolve(h.digest('hex'));
+  } catch (err) {
+    return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+  }
+}
+
+function hashFileSync(file: string): string {
+  const h = createHash('sha256');
+  const fd = openSync(file, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
+    for (;;) {
+      const n = readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) break;
+      h.update(buf.subarray(0, n));
+    }
+  } finally {
+    closeSync(fd);
+  }
   return h.digest('hex');
 }
 
