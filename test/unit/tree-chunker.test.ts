@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { InputError } from '../../src/core/index.ts';
-import { DEFAULT_CHUNKER_PARAMS, FastCdc, cdcChunks } from '../../src/repo/tree/index.ts';
+import { DEFAULT_CHUNKER_PARAMS, FastCdc, cdcChunks, modeString } from '../../src/repo/tree/index.ts';
 
 const small = { minSize: 2048, avgSize: 8192, maxSize: 65536 };
 
@@ -69,4 +69,12 @@ test('throughput (reported, not asserted)', () => {
     best = Math.max(best, data.length / ((performance.now() - t0) / 1000));
   }
   console.log(`FastCDC default parameters: ${(best / 1e9).toFixed(2)} GB/s on one core`);
+});
+
+test('modeString renders ls -l modes', () => {
+  const base = { name: 'x', uid: 0, gid: 0, mtimeMs: 0 };
+  assert.equal(modeString({ ...base, type: 'file', mode: 0o4755 }), '-rwsr-xr-x');
+  assert.equal(modeString({ ...base, type: 'dir', mode: 0o1777 }), 'drwxrwxrwt');
+  assert.equal(modeString({ ...base, type: 'file', mode: 0o2640 }), '-rw-r-S---');
+  assert.equal(modeString({ ...base, type: 'symlink', mode: 0 }), 'lrwxrwxrwx');
 });

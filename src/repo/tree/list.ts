@@ -92,3 +92,28 @@ export async function walkTree(
     for (const r of results) if (r.status === 'rejected') throw r.reason;
   }
 }
+
+const TYPE_CHAR: Record<TreeNode['type'], string> = {
+  file: '-',
+  dir: 'd',
+  symlink: 'l',
+  fifo: 'p',
+  chardev: 'c',
+  blockdev: 'b',
+  socket: 's',
+};
+
+/** `ls -l` style mode of a node, e.g. `-rwsr-xr-x`, `drwxr-xr-t`, `lrwxrwxrwx`. */
+export function modeString(node: TreeNode): string {
+  const m = node.type === 'symlink' ? 0o777 : node.mode;
+  const triplet = (bits: number, special: boolean, ch: string): string =>
+    (bits & 4 ? 'r' : '-') +
+    (bits & 2 ? 'w' : '-') +
+    (special ? (bits & 1 ? ch : ch.toUpperCase()) : bits & 1 ? 'x' : '-');
+  return (
+    TYPE_CHAR[node.type] +
+    triplet((m >> 6) & 7, (m & 0o4000) !== 0, 's') +
+    triplet((m >> 3) & 7, (m & 0o2000) !== 0, 's') +
+    triplet(m & 7, (m & 0o1000) !== 0, 't')
+  );
+}
