@@ -1,0 +1,5 @@
+export type * from './types.ts';
+export { openPlatform, registerPlatform, platformTypes } from './registry.ts';
+export type { PlatformFactory } from './registry.ts';
+export { LocalPlatform } from './local/index.ts';
+export type { LocalPlatformOptions } from './local/index.ts';
