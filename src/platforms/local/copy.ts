@@ -5,6 +5,7 @@ import type { RunOptions } from '../../core/index.ts';
 
 const BLOCK = 4 << 20;
 const IN_FLIGHT = 4;
+const PIECE = 64 << 10;
 
 function isZero(b: Buffer): boolean {
   // Compare 8-byte words through a BigUint64Array view when aligned; fall back to bytes.
@@ -52,9 +53,23 @@ export async function copyRanges(
         const { bytesRead } = await sh.read(buf, 0, b.len, b.o);
         const data = buf.subarray(0, bytesRead);
         read += bytesRead;
-        if (!(opts.skipZero && isZero(data))) {
+        if (!opts.skipZero) {
           await dh.write(data, 0, bytesRead, b.o);
           written += bytesRead;
+        } else {
+          // Write runs of non-zero 64 KiB pieces; zero pieces stay holes in the fresh file.
+          let p = 0;
+          while (p < bytesRead) {
+            while (p < bytesRead && isZero(data.subarray(p, Math.min(bytesRead, p + PIECE)))) p += PIECE;
+            let e = p;
+            while (e < bytesRead && !isZero(data.subarray(e, Math.min(bytesRead, e + PIECE)))) e += PIECE;
+            e = Math.min(e, bytesRead);
+            if (e > p) {
+              await dh.write(data, p, e - p, b.o + p);
+              written += e - p;
+            }
+            p = e;
+          }
         }
         opts.onProgress?.({
           phase: opts.phase ?? 'copy',

@@ -102,6 +102,7 @@ export async function fiemapRanges(
 }
 
 const BLOCK = 1 << 20;
+const PAGE = 4096;
 
 export async function compareRanges(
   basePath: string,
@@ -127,11 +128,18 @@ export async function compareRanges(
           if (o >= size) return null;
           const len = Math.min(BLOCK, size - o);
           const [r1, r2] = await Promise.all([bh.read(b1!, 0, len, o), th.read(b2!, 0, len, o)]);
-          if (r1.bytesRead !== len || o + len > bs.size) return { o, len };
-          return b1!.subarray(0, len).equals(b2!.subarray(0, r2.bytesRead)) ? null : { o, len };
+          if (r1.bytesRead !== len || r2.bytesRead !== len || o + len > bs.size) return [{ o, len }];
+          if (b1!.subarray(0, len).equals(b2!.subarray(0, len))) return null;
+          // Narrow a differing block down to 4 KiB pages so an incremental copy writes only those.
+          const pages: { o: number; len: number }[] = [];
+          for (let p = 0; p < len; p += PAGE) {
+            const e = Math.min(len, p + PAGE);
+            if (!b1!.subarray(p, e).equals(b2!.subarray(p, e))) pages.push({ o: o + p, len: e - p });
+          }
+          return pages;
         }),
       );
-      for (const r of results) if (r) pushRange(out, r.o, r.len);
+      for (const r of results) if (r) for (const x of r) pushRange(out, x.o, x.len);
       bytesRead += Math.min(size - off, BLOCK * inFlight) * 2;
       opts.onProgress?.({ phase: 'compare', bytesRead, bytesTotal: size * 2, bytesTransferred: 0 });
     }

@@ -332,13 +332,8 @@ export class LocalPlatform implements Platform {
       this.readSidecar(...this.sidecarKey(target)),
     ]);
     const [bc, tc] = await Promise.all([this.regionCaps(base.region), this.regionCaps(target.region)]);
-    if (
-      bc.reflink &&
-      tc.reflink &&
-      base.details?.method !== 'copy' &&
-      target.details?.method !== 'copy' &&
-      (await sameDevice(bp, tp))
-    ) {
+    // Shared physical extents mean equal data whatever made the files; unshared ones are reported.
+    if (bc.reflink && tc.reflink && (await sameDevice(bp, tp))) {
       try {
         return await fiemapRanges(bp, tp, opts);
       } catch (err) {
@@ -386,7 +381,7 @@ export class LocalPlatform implements Platform {
       if (car) base = this.toRef(key[0], car);
     }
 
-    let bytesTransferred = 0;
+    let bytesTransferred: number;
     let incremental = false;
     let method: SnapshotMethod = 'copy';
     try {
