@@ -139,6 +139,22 @@ test('plain directory: copy method, compare ranges, half-written copies are invi
       [c1.snapshot.id],
     );
     await assert.rejects(p.snapshot({ ...v, name: '../x' }), InputError);
+
+    // Directory volumes on a plain directory: copied trees, incremental sync by size+mtime.
+    const lp = p as LocalPlatform;
+    const f = await lp.createVolume('east', 'tree', { kind: 'fs' });
+    const root = lp.volumeDataPath(f);
+    await fs.promises.writeFile(path.join(root, 'a'), 'alpha');
+    const f1 = await lp.snapshot(f);
+    const fc1 = await lp.copySnapshot(f1, 'west');
+    assert.equal(fc1.bytesTransferred, 5);
+    await fs.promises.writeFile(path.join(root, 'b'), 'beta');
+    const f2 = await lp.snapshot(f);
+    const fc2 = await lp.copySnapshot(f2, 'west', { previousCopy: fc1.snapshot });
+    assert.equal(fc2.bytesTransferred, 4);
+    const fr = await lp.restoreVolume(fc2.snapshot, { name: 'tree' });
+    assert.deepEqual((await fs.promises.readdir(lp.volumeDataPath(fr))).sort(), ['a', 'b']);
+    assert.equal(fr.sizeBytes, 9);
   } finally {
     await fs.promises.rm(dir, { recursive: true, force: true });
   }

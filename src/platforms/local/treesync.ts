@@ -23,7 +23,7 @@ export async function syncTree(src: string, dst: string, opts: RunOptions = {}):
         if (!have) await fs.promises.mkdir(dp);
         await walk(sp, dp);
         await fs.promises.chmod(dp, st.mode & 0o7777);
-        await fs.promises.utimes(dp, st.atime, st.mtime);
+        await fs.promises.utimes(dp, st.atimeMs / 1000, st.mtimeMs / 1000);
       } else if (st.isSymbolicLink()) {
         const target = await fs.promises.readlink(sp);
         if (!have || (await fs.promises.readlink(dp)) !== target) {
@@ -31,12 +31,12 @@ export async function syncTree(src: string, dst: string, opts: RunOptions = {}):
           await fs.promises.symlink(target, dp);
         }
       } else if (st.isFile()) {
-        if (!have || have.size !== st.size || Math.trunc(have.mtimeMs) !== Math.trunc(st.mtimeMs)) {
+        if (!have || have.size !== st.size || Math.abs(have.mtimeMs - st.mtimeMs) >= 1) {
           await fs.promises.rm(dp, { force: true });
           await fs.promises.copyFile(sp, dp);
           bytes += st.size;
           await fs.promises.chmod(dp, st.mode & 0o7777);
-          await fs.promises.utimes(dp, st.atime, st.mtime);
+          await fs.promises.utimes(dp, st.atimeMs / 1000, st.mtimeMs / 1000);
         }
       }
     }
