@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
+import { registerRepo } from './repo.ts';
 
 /** Each command module registers its verbs on the root program. Add a module here to add verbs. */
 export type Register = (program: Command) => void;
 
-export const modules: Register[] = [];
+export const modules: Register[] = [registerRepo];

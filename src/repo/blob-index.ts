@@ -1,0 +1,147 @@
+/**
+ * Compact in-memory index: blob id → (pack, offset, length, raw length, type, compression).
+ * Parallel typed arrays plus an open-addressing hash table keyed by the id's first 4 bytes:
+ * ~56 bytes per blob (32 id + 17 fields + 8 table), so 1M blobs take ~56 MiB instead of ~250 MiB for a Map.
+ */
+export interface BlobEntry {
+  pack: number;
+  offset: number;
+  length: number;
+  rawLength: number;
+  type: number;
+  comp: number;
+}
+
+export class BlobIndex {
+  private cap = 0;
+  private n = 0;
+  private ids = new Uint8Array(0);
+  private packs = new Uint32Array(0);
+  private offsets = new Uint32Array(0);
+  private lengths = new Uint32Array(0);
+  private raws = new Uint32Array(0);
+  private flags = new Uint8Array(0);
+  /** slot → entry + 1 (0 = empty). */
+  private table = new Uint32Array(0);
+  private mask = 0;
+  readonly packIds: string[] = [];
+  private readonly packNo = new Map<string, number>();
+
+  constructor(initial = 1024) {
+    this.grow(initial);
+  }
+
+  get size(): number {
+    return this.n;
+  }
+
+  packNumber(packId: string): number {
+    let p = this.packNo.get(packId);
+    if (p === undefined) {
+      p = this.packIds.length;
+      this.packIds.push(packId);
+      this.packNo.set(packId, p);
+    }
+    return p;
+  }
+
+  private grow(cap: number): void {
+    const ids = new Uint8Array(cap * 32);
+    ids.set(this.ids.subarray(0, this.n * 32));
+    const cp = <T extends Uint32Array | Uint8Array>(a: T, b: T): T => {
+      b.set(a.subarray(0, this.n));
+      return b;
+    };
+    this.packs = cp(this.packs, new Uint32Array(cap));
+    this.offsets = cp(this.offsets, new Uint32Array(cap));
+    this.lengths = cp(this.lengths, new Uint32Array(cap));
+    this.raws = cp(this.raws, new Uint32Array(cap));
+    this.flags = cp(this.flags, new Uint8Array(cap));
+    this.ids = ids;
+    this.cap = cap;
+    let tsize = 1;
+    while (tsize < cap * 2) tsize <<= 1;
+    this.table = new Uint32Array(tsize);
+    this.mask = tsize - 1;
+    for (let i = 0; i < this.n; i++) this.place(i);
+  }
+
+  private hashAt(buf: Uint8Array, off: number): number {
+    return (buf[off]! | (buf[off + 1]! << 8) | (buf[off + 2]! << 16) | (buf[off + 3]! << 24)) >>> 0;
+  }
+
+  private place(i: number): void {
+    let s = this.hashAt(this.ids, i * 32) & this.mask;
+    while (this.table[s] !== 0) s = (s + 1) & this.mask;
+    this.table[s] = i + 1;
+  }
+
+  private find(id: Uint8Array): number {
+    let s = this.hashAt(id, 0) & this.mask;
+    for (;;) {
+      const e = this.table[s]!;
+      if (e === 0) return -1;
+      const i = e - 1;
+      const base = i * 32;
+      let eq = true;
+      for (let k = 0; k < 32; k++) {
+        if (this.ids[base + k] !== id[k]) {
+          eq = false;
+          break;
+        }
+      }
+      if (eq) return i;
+      s = (s + 1) & this.mask;
+    }
+  }
+
+  has(id: Uint8Array): boolean {
+    return this.find(id) >= 0;
+  }
+
+  get(id: Uint8Array): BlobEntry | undefined {
+    const i = this.find(id);
+    if (i < 0) return undefined;
+    const f = this.flags[i]!;
+    return {
+      pack: this.packs[i]!,
+      offset: this.offsets[i]!,
+      length: this.lengths[i]!,
+      rawLength: this.raws[i]!,
+      type: f & 1,
+      comp: f >> 1,
+    };
+  }
+
+  /** Adds the entry unless the id is already present (the first location wins). Returns whether it was added. */
+  add(id: Uint8Array, e: BlobEntry): boolean {
+    if (this.find(id) >= 0) return false;
+    if (this.n >= this.cap) this.grow(this.cap * 2);
+    const i = this.n++;
+    this.ids.set(id.subarray(0, 32), i * 32);
+    this.packs[i] = e.pack;
+    this.offsets[i] = e.offset;
+    this.lengths[i] = e.length;
+    this.raws[i] = e.rawLength;
+    this.flags[i] = (e.type & 1) | (e.comp << 1);
+    this.place(i);
+    return true;
+  }
+
+  *entries(): Generator<[Uint8Array, BlobEntry]> {
+    for (let i = 0; i < this.n; i++) {
+      const f = this.flags[i]!;
+      yield [
+        this.ids.subarray(i * 32, i * 32 + 32),
+        {
+          pack: this.packs[i]!,
+          offset: this.offsets[i]!,
+          length: this.lengths[i]!,
+          rawLength: this.raws[i]!,
+          type: f & 1,
+          comp: f >> 1,
+        },
+      ];
+    }
+  }
+}

@@ -1,0 +1,110 @@
+/** Binary layouts of pack headers and index objects (docs/repository-format.md). */
+import { IntegrityError } from '../core/index.ts';
+
+export interface PackBlob {
+  id: Uint8Array;
+  type: number;
+  comp: number;
+  offset: number;
+  length: number;
+  rawLength: number;
+}
+
+const HEADER_ENTRY = 42;
+const INDEX_ENTRY = 46;
+const INDEX_MAGIC = 'TERNIDX1';
+
+/** Plain pack header: per blob, in pack order: type u8, comp u8, id[32], length u32le, rawLength u32le. */
+export function encodePackHeader(blobs: PackBlob[]): Buffer {
+  const out = Buffer.alloc(blobs.length * HEADER_ENTRY);
+  let p = 0;
+  for (const b of blobs) {
+    out[p] = b.type;
+    out[p + 1] = b.comp;
+    out.set(b.id, p + 2);
+    out.writeUInt32LE(b.length, p + 34);
+    out.writeUInt32LE(b.rawLength, p + 38);
+    p += HEADER_ENTRY;
+  }
+  return out;
+}
+
+export function decodePackHeader(buf: Buffer, what: string): PackBlob[] {
+  if (buf.length % HEADER_ENTRY !== 0) throw new IntegrityError(`${what}: malformed pack header`);
+  const out: PackBlob[] = [];
+  let offset = 0;
+  for (let p = 0; p < buf.length; p += HEADER_ENTRY) {
+    const length = buf.readUInt32LE(p + 34);
+    out.push({
+      type: buf[p]!,
+      comp: buf[p + 1]!,
+      id: buf.subarray(p + 2, p + 34),
+      offset,
+      length,
+      rawLength: buf.readUInt32LE(p + 38),
+    });
+    offset += length;
+  }
+  return out;
+}
+
+export interface IndexPack {
+  packId: string;
+  blobs: PackBlob[];
+}
+
+/** Plain index: "TERNIDX1", then per pack: packId[32], count u32le, count × (type, comp, id[32], offset, length, rawLength). */
+export function encodeIndex(packs: IndexPack[]): Buffer {
+  let size = 8;
+  for (const p of packs) size += 36 + p.blobs.length * INDEX_ENTRY;
+  const out = Buffer.alloc(size);
+  out.write(INDEX_MAGIC, 0, 'latin1');
+  let o = 8;
+  for (const p of packs) {
+    out.write(p.packId, o, 'hex');
+    out.writeUInt32LE(p.blobs.length, o + 32);
+    o += 36;
+    for (const b of p.blobs) {
+      out[o] = b.type;
+      out[o + 1] = b.comp;
+      out.set(b.id, o + 2);
+      out.writeUInt32LE(b.offset, o + 34);
+      out.writeUInt32LE(b.length, o + 38);
+      out.writeUInt32LE(b.rawLength, o + 42);
+      o += INDEX_ENTRY;
+    }
+  }
+  return out;
+}
+
+export function decodeIndex(buf: Buffer, what: string): IndexPack[] {
+  if (buf.length < 8 || buf.toString('latin1', 0, 8) !== INDEX_MAGIC)
+    throw new IntegrityError(`${what}: not an index`);
+  const packs: IndexPack[] = [];
+  let o = 8;
+  while (o < buf.length) {
+    if (o + 36 > buf.length) throw new IntegrityError(`${what}: truncated index`);
+    const packId = buf.toString('hex', o, o + 32);
+    const n = buf.readUInt32LE(o + 32);
+    o += 36;
+    if (o + n * INDEX_ENTRY > buf.length) throw new IntegrityError(`${what}: truncated index`);
+    const blobs: PackBlob[] = [];
+    for (let i = 0; i < n; i++) {
+      blobs.push({
+        type: buf[o]!,
+        comp: buf[o + 1]!,
+        id: buf.subarray(o + 2, o + 34),
+        offset: buf.readUInt32LE(o + 34),
+        length: buf.readUInt32LE(o + 38),
+        rawLength: buf.readUInt32LE(o + 42),
+      });
+      o += INDEX_ENTRY;
+    }
+    packs.push({ packId, blobs });
+  }
+  return packs;
+}
+
+export function packKey(packId: string): string {
+  return `data/${packId.slice(0, 2)}/${packId}`;
+}

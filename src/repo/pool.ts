@@ -1,0 +1,111 @@
+/** A small pool of worker threads for blob crypto; ArrayBuffers are transferred, never copied. */
+import { Worker } from 'node:worker_threads';
+import os from 'node:os';
+import { IntegrityError, StorageError } from '../core/index.ts';
+import type { MasterKey } from './crypto.ts';
+
+export type WorkerRequest =
+  | { op: 'keys'; seq: number; encKey: Uint8Array; idKey: Uint8Array }
+  | { op: 'save'; seq: number; type: number; buf: ArrayBuffer; length: number; hashOnly: boolean }
+  | {
+      op: 'load';
+      seq: number;
+      id: string;
+      type: number;
+      comp: number;
+      rawLength: number;
+      buf: ArrayBuffer;
+      length: number;
+      what: string;
+    };
+
+export type WorkerResponse =
+  | {
+      seq: number;
+      ok: true;
+      id?: string;
+      buf?: ArrayBuffer;
+      sealed?: ArrayBuffer;
+      comp?: number;
+      rawLength?: number;
+      plain?: ArrayBuffer;
+    }
+  | { seq: number; ok: false; error: string; integrity: boolean };
+
+type Ok = Extract<WorkerResponse, { ok: true }>;
+
+interface Slot {
+  worker: Worker;
+  busy: number;
+}
+
+/** An ArrayBuffer holding exactly `buf`'s bytes: the buffer's own when it owns all of it, else a copy. */
+export function ownArrayBuffer(buf: Uint8Array): ArrayBuffer {
+  if (buf.byteOffset === 0 && buf.buffer.byteLength === buf.length && buf.buffer instanceof ArrayBuffer)
+    return buf.buffer;
+  return buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.length) as ArrayBuffer;
+}
+
+export class CryptoPool {
+  private readonly slots: Slot[] = [];
+  private seq = 0;
+  private readonly pending = new Map<
+    number,
+    { resolve: (r: Ok) => void; reject: (e: Error) => void; slot: Slot }
+  >();
+
+  constructor(key: MasterKey, size = Math.max(1, Math.min(4, os.availableParallelism()))) {
+    for (let i = 0; i < size; i++) {
+      const worker = new Worker(new URL('./worker.ts', import.meta.url));
+      const slot: Slot = { worker, busy: 0 };
+      worker.unref();
+      worker.on('message', (res: WorkerResponse) => {
+        const p = this.pending.get(res.seq);
+        if (!p) return;
+        this.pending.delete(res.seq);
+        p.slot.busy--;
+        if (res.ok) p.resolve(res);
+        else p.reject(res.integrity ? new IntegrityError(res.error) : new StorageError(res.error));
+      });
+      worker.on('error', (err) => {
+        for (const [seq, p] of this.pending) {
+          if (p.slot === slot) {
+            this.pending.delete(seq);
+            p.reject(new StorageError('crypto worker failed', { cause: err }));
+          }
+        }
+      });
+      this.slots.push(slot);
+      worker.postMessage({
+        op: 'keys',
+        seq: -1,
+        encKey: new Uint8Array(key.encKey),
+        idKey: new Uint8Array(key.idKey),
+      });
+    }
+  }
+
+  get size(): number {
+    return this.slots.length;
+  }
+
+  run(req: WorkerRequest, transfer: ArrayBuffer[]): Promise<Ok> {
+    let best = this.slots[0]!;
+    for (const s of this.slots) if (s.busy < best.busy) best = s;
+    const seq = ++this.seq;
+    const slot = best;
+    slot.busy++;
+    return new Promise<Ok>((resolve, reject) => {
+      this.pending.set(seq, { resolve, reject, slot });
+      slot.worker.ref();
+      slot.worker.postMessage({ ...req, seq }, transfer);
+    }).finally(() => {
+      if (slot.busy === 0) slot.worker.unref();
+    });
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.slots.map((s) => s.worker.terminate()));
+    this.slots.length = 0;
+  }
+}

@@ -1,0 +1,579 @@
+/**
+ * The datamover repository: keys, config, packs, index, snapshots (docs/repository-format.md).
+ * `Repository` is the BlobReader; `BackupSession` (from `startBackup`) is the BlobWriter.
+ */
+import crypto from 'node:crypto';
+import os from 'node:os';
+import type { Clock, RunOptions } from '../core/index.ts';
+import {
+  ConflictError,
+  InputError,
+  IntegrityError,
+  NotFoundError,
+  StorageError,
+  systemClock,
+  throwIfAborted,
+  TernError,
+} from '../core/index.ts';
+import type { ObjectStore } from '../storage/index.ts';
+import type { BlobId, BlobReader, BlobType, BlobWriter, SaveResult, SnapshotManifest } from './api.ts';
+import { BlobIndex } from './blob-index.ts';
+import { openObject, sealObject, TYPE_DATA, TYPE_TREE, type MasterKey } from './crypto.ts';
+import {
+  decodeIndex,
+  encodeIndex,
+  encodePackHeader,
+  packKey,
+  type IndexPack,
+  type PackBlob,
+} from './format.ts';
+import { DEFAULT_KDF, makeKeyFile, parseKeyFile, unwrapKey } from './keys.ts';
+import { RepoLock } from './lock.ts';
+import { CryptoPool, ownArrayBuffer } from './pool.ts';
+
+export interface RepoConfig {
+  version: 1;
+  id: string;
+  created: string;
+}
+
+export interface OpenOptions {
+  clock?: Clock;
+  /** Worker threads for crypto; default min(4, cores). */
+  workers?: number;
+}
+
+export interface InitOptions extends OpenOptions {
+  kdf?: { N: number; r: number; p: number };
+}
+
+const TARGET_PACK = 16 * 1024 * 1024;
+const MAX_BLOB = 64 * 1024 * 1024;
+/** Packs per incremental index object during a backup. */
+const PACKS_PER_INDEX = 4;
+const UPLOADS_IN_FLIGHT = 3;
+const WORKER_BYTES_IN_FLIGHT = 48 * 1024 * 1024;
+
+export function newId(bytes = 32): string {
+  return crypto.randomBytes(bytes).toString('hex');
+}
+
+function typeCode(t: BlobType): number {
+  return t === 'tree' ? TYPE_TREE : TYPE_DATA;
+}
+
+async function mapLimit<T>(items: T[], limit: number, fn: (t: T) => Promise<void>): Promise<void> {
+  let i = 0;
+  const run = async (): Promise<void> => {
+    while (i < items.length) await fn(items[i++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, run));
+}
+
+export class Repository implements BlobReader {
+  readonly store: ObjectStore;
+  readonly config: RepoConfig;
+  readonly keyId: string;
+  readonly clock: Clock;
+  index = new BlobIndex();
+  /** index object keys loaded (index/<id>) */
+  indexFiles: string[] = [];
+  private readonly key: MasterKey;
+  private poolInstance: CryptoPool | undefined;
+  private readonly workers: number | undefined;
+
+  private constructor(
+    store: ObjectStore,
+    key: MasterKey,
+    keyId: string,
+    config: RepoConfig,
+    opts: OpenOptions,
+  ) {
+    this.store = store;
+    this.key = key;
+    this.keyId = keyId;
+    this.config = config;
+    this.clock = opts.clock ?? systemClock;
+    this.workers = opts.workers;
+  }
+
+  get pool(): CryptoPool {
+    this.poolInstance ??= new CryptoPool(this.key, this.workers);
+    return this.poolInstance;
+  }
+
+  static async init(store: ObjectStore, passphrase: string, opts: InitOptions = {}): Promise<Repository> {
+    if (!passphrase) throw new InputError('an empty passphrase is not allowed');
+    if (await store.head('config'))
+      throw new ConflictError(`a repository already exists at ${store.location}`);
+    const key: MasterKey = { encKey: crypto.randomBytes(32), idKey: crypto.randomBytes(32) };
+    const keyFile = await makeKeyFile(key, passphrase, opts.kdf ?? DEFAULT_KDF);
+    const keyId = newId();
+    await store.put(`keys/${keyId}`, Buffer.from(JSON.stringify(keyFile, null, 2)), { ifNoneMatch: true });
+    const config: RepoConfig = { version: 1, id: newId(), created: new Date().toISOString() };
+    await store.put('config', sealObject(key.encKey, 'config', Buffer.from(JSON.stringify(config))), {
+      ifNoneMatch: true,
+    });
+    return new Repository(store, key, keyId, config, opts);
+  }
+
+  static async open(store: ObjectStore, passphrase: string, opts: OpenOptions = {}): Promise<Repository> {
+    const head = await store.head('config');
+    if (!head) throw new NotFoundError(`no repository at ${store.location} (run "tern repo init")`);
+    const keyKeys: string[] = [];
+    for await (const o of store.list('keys/')) keyKeys.push(o.key);
+    if (keyKeys.length === 0) throw new IntegrityError(`repository at ${store.location} has no key files`);
+    let lastErr: unknown;
+    let integrityErr: unknown;
+    for (const k of keyKeys.sort()) {
+      try {
+        const kf = parseKeyFile(await store.get(k), k);
+        const key = await unwrapKey(kf, passphrase, k);
+        const raw = await store.get('config');
+        const config = JSON.parse(
+          openObject(key.encKey, 'config', raw, 'config').toString('utf8'),
+        ) as RepoConfig;
+        const repo = new Repository(store, key, k.slice('keys/'.length), config, opts);
+        await repo.loadIndex();
+        return repo;
+      } catch (err) {
+        if (err instanceof IntegrityError && !integrityErr) integrityErr = err;
+        lastErr = err;
+        if (err instanceof TernError && err.code !== 'AUTH' && err.code !== 'INTEGRITY') throw err;
+        if (err instanceof IntegrityError && !/^keys\//.test(err.message)) throw err;
+      }
+    }
+    // A corrupted key file is reported as such when no other key opens, so it is not mistaken for a typo.
+    throw integrityErr ?? lastErr;
+  }
+
+  async close(): Promise<void> {
+    await this.poolInstance?.close();
+    this.poolInstance = undefined;
+  }
+
+  // ---- index ----
+
+  async loadIndex(opts: RunOptions = {}): Promise<void> {
+    const index = new BlobIndex();
+    const files: string[] = [];
+    for await (const o of this.store.list('index/', opts)) files.push(o.key);
+    files.sort();
+    const decoded = new Map<string, IndexPack[]>();
+    await mapLimit(files, 8, async (f) => {
+      throwIfAborted(opts.signal);
+      decoded.set(f, this.decodeIndexObject(await this.store.get(f, opts), f));
+    });
+    for (const f of files) for (const p of decoded.get(f) ?? []) this.addPackToIndex(index, p);
+    this.index = index;
+    this.indexFiles = files;
+  }
+
+  decodeIndexObject(raw: Buffer, what: string): IndexPack[] {
+    return decodeIndex(openObject(this.key.encKey, 'index', raw, what), what);
+  }
+
+  addPackToIndex(index: BlobIndex, p: IndexPack): void {
+    const pn = index.packNumber(p.packId);
+    for (const b of p.blobs)
+      index.add(b.id, {
+        pack: pn,
+        offset: b.offset,
+        length: b.length,
+        rawLength: b.rawLength,
+        type: b.type,
+        comp: b.comp,
+      });
+  }
+
+  async writeIndex(packs: IndexPack[], opts: RunOptions = {}): Promise<string> {
+    const key = `index/${newId()}`;
+    await this.store.put(key, sealObject(this.key.encKey, 'index', encodeIndex(packs)), opts);
+    this.indexFiles.push(key);
+    return key;
+  }
+
+  // ---- blobs ----
+
+  blobSize(id: BlobId): number | undefined {
+    return this.index.get(Buffer.from(id, 'hex'))?.rawLength;
+  }
+
+  hasBlob(id: BlobId): boolean {
+    return this.index.has(Buffer.from(id, 'hex'));
+  }
+
+  async loadBlob(id: BlobId, opts: RunOptions = {}): Promise<Buffer> {
+    throwIfAborted(opts.signal);
+    const e = this.index.get(Buffer.from(id, 'hex'));
+    if (!e)
+      throw new IntegrityError(`blob ${id} is not in any index (missing data)`, { details: { blob: id } });
+    const packId = this.index.packIds[e.pack]!;
+    const what = packKey(packId);
+    let sealed: Buffer;
+    try {
+      sealed = await this.store.getRange(what, e.offset, e.length, opts);
+    } catch (err) {
+      if (err instanceof NotFoundError)
+        throw new IntegrityError(`${what}: pack is missing`, { cause: err, details: { object: what } });
+      throw err;
+    }
+    if (sealed.length !== e.length)
+      throw new IntegrityError(
+        `${what}: truncated (blob at ${e.offset} needs ${e.length} bytes, got ${sealed.length})`,
+        {
+          details: { object: what },
+        },
+      );
+    return this.openBlob(id, e.type, e.comp, e.rawLength, sealed, what);
+  }
+
+  /** Decrypt + verify a sealed blob in the pool. */
+  async openBlob(
+    id: string,
+    type: number,
+    comp: number,
+    rawLength: number,
+    sealed: Buffer,
+    what: string,
+  ): Promise<Buffer> {
+    const ab = ownArrayBuffer(sealed);
+    try {
+      const r = await this.pool.run(
+        { op: 'load', seq: 0, id, type, comp, rawLength, buf: ab, length: sealed.length, what },
+        [ab],
+      );
+      return Buffer.from(r.plain!);
+    } catch (err) {
+      if (err instanceof IntegrityError)
+        throw new IntegrityError(err.message, { details: { object: what, blob: id } });
+      throw err;
+    }
+  }
+
+  sealSmall(label: string, plain: Buffer): Buffer {
+    return sealObject(this.key.encKey, label, plain);
+  }
+
+  openSmall(label: string, raw: Buffer, what: string): Buffer {
+    return openObject(this.key.encKey, label, raw, what);
+  }
+
+  // ---- snapshots ----
+
+  async listSnapshotIds(opts: RunOptions = {}): Promise<string[]> {
+    const ids: string[] = [];
+    for await (const o of this.store.list('snapshots/', opts)) ids.push(o.key.slice('snapshots/'.length));
+    return ids;
+  }
+
+  async loadSnapshotById(id: string, opts: RunOptions = {}): Promise<SnapshotManifest> {
+    const what = `snapshots/${id}`;
+    const raw = await this.store.get(what, opts);
+    const m = JSON.parse(this.openSmall('snapshot', raw, what).toString('utf8')) as SnapshotManifest;
+    if (m.id !== id) throw new IntegrityError(`${what}: manifest names another id (${m.id})`);
+    return m;
+  }
+
+  /** All snapshots, oldest first. Unreadable manifests are thrown unless `errors` collects them. */
+  async listSnapshots(opts: RunOptions & { errors?: TernError[] } = {}): Promise<SnapshotManifest[]> {
+    const ids = await this.listSnapshotIds(opts);
+    const out: SnapshotManifest[] = [];
+    await mapLimit(ids, 8, async (id) => {
+      try {
+        out.push(await this.loadSnapshotById(id, opts));
+      } catch (err) {
+        if (opts.errors && err instanceof TernError) opts.errors.push(err);
+        else throw err;
+      }
+    });
+    return out.sort((a, b) => a.time.localeCompare(b.time) || a.id.localeCompare(b.id));
+  }
+
+  /** 'latest', a full id or a unique prefix. */
+  async resolveSnapshot(ref: string, opts: RunOptions = {}): Promise<SnapshotManifest> {
+    if (ref === 'latest') {
+      const all = await this.listSnapshots(opts);
+      const last = all[all.length - 1];
+      if (!last) throw new NotFoundError('the repository has no snapshots');
+      return last;
+    }
+    if (!/^[0-9a-f]+$/i.test(ref)) throw new InputError(`"${ref}" is not a snapshot id`);
+    const ids = (await this.listSnapshotIds(opts)).filter((i) => i.startsWith(ref.toLowerCase()));
+    if (ids.length === 0) throw new NotFoundError(`no snapshot ${ref}`);
+    if (ids.length > 1) throw new InputError(`snapshot prefix ${ref} is ambiguous (${ids.length} matches)`);
+    return this.loadSnapshotById(ids[0]!, opts);
+  }
+
+  async writeSnapshot(m: SnapshotManifest, opts: RunOptions = {}): Promise<void> {
+    await this.store.put(
+      `snapshots/${m.id}`,
+      this.sealSmall('snapshot', Buffer.from(JSON.stringify(m))),
+      opts,
+    );
+  }
+
+  // ---- keys ----
+
+  async listKeys(): Promise<{ id: string; created: string; hostname: string; current: boolean }[]> {
+    const out: { id: string; created: string; hostname: string; current: boolean }[] = [];
+    for await (const o of this.store.list('keys/')) {
+      const id = o.key.slice('keys/'.length);
+      try {
+        const k = parseKeyFile(await this.store.get(o.key), o.key);
+        out.push({ id, created: k.created, hostname: k.hostname, current: id === this.keyId });
+      } catch {
+        out.push({ id, created: '?', hostname: '?', current: id === this.keyId });
+      }
+    }
+    return out.sort((a, b) => a.created.localeCompare(b.created));
+  }
+
+  async addKey(passphrase: string, kdf = DEFAULT_KDF): Promise<string> {
+    if (!passphrase) throw new InputError('an empty passphrase is not allowed');
+    const id = newId();
+    await this.store.put(
+      `keys/${id}`,
+      Buffer.from(JSON.stringify(await makeKeyFile(this.key, passphrase, kdf), null, 2)),
+      {
+        ifNoneMatch: true,
+      },
+    );
+    return id;
+  }
+
+  async removeKey(ref: string): Promise<string> {
+    const keys = await this.listKeys();
+    const matches = keys.filter((k) => k.id.startsWith(ref));
+    if (matches.length !== 1)
+      throw new NotFoundError(matches.length ? `key prefix ${ref} is ambiguous` : `no key ${ref}`);
+    const k = matches[0]!;
+    if (k.current)
+      throw new InputError('cannot remove the key in use (open the repository with another passphrase)');
+    if (keys.length <= 1) throw new InputError('cannot remove the last key');
+    await this.store.delete(`keys/${k.id}`);
+    return k.id;
+  }
+
+  /** The master key, for callers that export it wrapped (export details). Never log it. */
+  exportMasterKey(): MasterKey {
+    return { encKey: Buffer.from(this.key.encKey), idKey: Buffer.from(this.key.idKey) };
+  }
+
+  // ---- backup ----
+
+  /** `lock: false` when the caller holds a lock already; `ignoreIndex` stores blobs again (repacking). */
+  async startBackup(opts: { lock?: boolean; ignoreIndex?: boolean } = {}): Promise<BackupSession> {
+    const lock = opts.lock === false ? undefined : await RepoLock.acquire(this.store, false, this.clock);
+    return new BackupSession(this, lock, opts.ignoreIndex ?? false);
+  }
+}
+
+interface OpenPack {
+  parts: Buffer[];
+  blobs: PackBlob[];
+  size: number;
+}
+
+export interface SessionStats {
+  blobsNew: number;
+  blobsDuplicate: number;
+  bytesAdded: number;
+  packsWritten: number;
+}
+
+/** One writer's session: blobs go into packs, packs are uploaded, indexes written every few packs. */
+export class BackupSession implements BlobWriter {
+  readonly repo: Repository;
+  private readonly lock: RepoLock | undefined;
+  private readonly pendingIds = new Set<string>();
+  private pack: OpenPack = { parts: [], blobs: [], size: 0 };
+  private readonly uploads = new Set<Promise<void>>();
+  private durable: IndexPack[] = [];
+  private indexChain: Promise<void> = Promise.resolve();
+  private failure: unknown;
+  private workerBytes = 0;
+  private waiters: (() => void)[] = [];
+  /** Recent dedup ratio decides whether to hash first (skip encrypting duplicates) or do all in one trip. */
+  private recentDup = 0;
+  readonly stats: SessionStats = { blobsNew: 0, blobsDuplicate: 0, bytesAdded: 0, packsWritten: 0 };
+  private closed = false;
+
+  private readonly ignoreIndex: boolean;
+  private readonly written = new Set<string>();
+
+  constructor(repo: Repository, lock: RepoLock | undefined, ignoreIndex = false) {
+    this.repo = repo;
+    this.lock = lock;
+    this.ignoreIndex = ignoreIndex;
+  }
+
+  hasBlob(id: BlobId): boolean {
+    if (this.ignoreIndex) return this.pendingIds.has(id) || this.written.has(id);
+    return this.pendingIds.has(id) || this.repo.hasBlob(id);
+  }
+
+  private check(): void {
+    if (this.failure) throw this.failure;
+    if (this.closed) throw new StorageError('backup session is closed');
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+
+  private async waitFor(cond: () => boolean, signal?: AbortSignal): Promise<void> {
+    while (!cond()) {
+      throwIfAborted(signal);
+      this.check();
+      await new Promise<void>((r) => this.waiters.push(r));
+    }
+  }
+
+  async saveBlob(type: BlobType, plaintext: Buffer, opts: RunOptions = {}): Promise<SaveResult> {
+    this.check();
+    if (plaintext.length > MAX_BLOB)
+      throw new InputError(`blob of ${plaintext.length} bytes is larger than ${MAX_BLOB}`);
+    await this.waitFor(
+      () => this.workerBytes < WORKER_BYTES_IN_FLIGHT && this.uploads.size <= UPLOADS_IN_FLIGHT,
+      opts.signal,
+    );
+    const len = plaintext.length;
+    this.workerBytes += len;
+    try {
+      const t = typeCode(type);
+      let ab = ownArrayBuffer(plaintext);
+      const hashFirst = this.recentDup > 0.5;
+      if (hashFirst) {
+        const h = await this.repo.pool.run(
+          { op: 'save', seq: 0, type: t, buf: ab, length: len, hashOnly: true },
+          [ab],
+        );
+        const id = h.id!;
+        if (this.hasBlob(id)) return this.dup(id);
+        ab = h.buf!;
+      }
+      const r = await this.repo.pool.run(
+        { op: 'save', seq: 0, type: t, buf: ab, length: len, hashOnly: false },
+        [ab],
+      );
+      const id = r.id!;
+      if (this.hasBlob(id)) return this.dup(id);
+      this.check();
+      this.recentDup *= 0.95;
+      const sealed = Buffer.from(r.sealed!);
+      this.pendingIds.add(id);
+      this.pack.blobs.push({
+        id: Buffer.from(id, 'hex'),
+        type: t,
+        comp: r.comp!,
+        offset: this.pack.size,
+        length: sealed.length,
+        rawLength: len,
+      });
+      this.pack.parts.push(sealed);
+      this.pack.size += sealed.length;
+      this.stats.blobsNew++;
+      this.stats.bytesAdded += sealed.length;
+      if (this.pack.size >= TARGET_PACK) this.finishPack();
+      return { id, stored: true, storedBytes: sealed.length };
+    } finally {
+      this.workerBytes -= len;
+      this.wake();
+    }
+  }
+
+  private dup(id: string): SaveResult {
+    this.recentDup = this.recentDup * 0.95 + 0.05;
+    this.stats.blobsDuplicate++;
+    return { id, stored: false, storedBytes: 0 };
+  }
+
+  private finishPack(): void {
+    const pack = this.pack;
+    if (pack.blobs.length === 0) return;
+    this.pack = { parts: [], blobs: [], size: 0 };
+    const header = this.repo.sealSmall('packheader', encodePackHeader(pack.blobs));
+    const trailer = Buffer.alloc(4);
+    trailer.writeUInt32LE(header.length);
+    const packId = newId();
+    const data = Buffer.concat([...pack.parts, header, trailer]);
+    pack.parts.length = 0;
+    const up = this.repo.store
+      .put(packKey(packId), data)
+      .then(() => {
+        this.stats.packsWritten++;
+        const ip: IndexPack = { packId, blobs: pack.blobs };
+        this.repo.addPackToIndex(this.repo.index, ip);
+        for (const b of pack.blobs) {
+          const hex = Buffer.from(b.id).toString('hex');
+          this.pendingIds.delete(hex);
+          if (this.ignoreIndex) this.written.add(hex);
+        }
+        this.durable.push(ip);
+        if (this.durable.length >= PACKS_PER_INDEX) this.queueIndex();
+      })
+      .catch((err: unknown) => {
+        this.failure ??= err;
+      })
+      .finally(() => {
+        this.uploads.delete(up);
+        this.wake();
+      });
+    this.uploads.add(up);
+  }
+
+  private queueIndex(): void {
+    const packs = this.durable;
+    this.durable = [];
+    if (packs.length === 0) return;
+    this.indexChain = this.indexChain
+      .then(async () => {
+        if (this.failure) return;
+        await this.repo.writeIndex(packs);
+      })
+      .catch((err: unknown) => {
+        this.failure ??= err;
+      });
+  }
+
+  /** Everything saved so far becomes durable: packs uploaded and indexed. */
+  async flush(): Promise<void> {
+    this.check();
+    this.finishPack();
+    while (this.uploads.size > 0) await Promise.all([...this.uploads]);
+    this.queueIndex();
+    await this.indexChain;
+    if (this.failure) throw this.failure;
+  }
+
+  /** Flush, then write the manifest (last). Returns the manifest with its new id. */
+  async saveSnapshot(
+    m: Omit<SnapshotManifest, 'id' | 'hostname' | 'time'> & Partial<SnapshotManifest>,
+  ): Promise<SnapshotManifest> {
+    await this.flush();
+    const manifest: SnapshotManifest = {
+      ...m,
+      id: newId(16),
+      time: m.time ?? this.repo.clock.now().toISOString(),
+      hostname: m.hostname ?? os.hostname(),
+    };
+    await this.lock?.refresh();
+    await this.repo.writeSnapshot(manifest);
+    return manifest;
+  }
+
+  /** Release the lock. Unflushed blobs are dropped; uploaded packs stay (indexed ones are reused next time). */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.wake();
+    await Promise.allSettled([...this.uploads]);
+    // Packs that did reach the store are indexed so the next backup reuses them.
+    this.queueIndex();
+    await this.indexChain;
+    await this.lock?.release();
+  }
+}
