@@ -3,3 +3,4 @@ export * from './clock.ts';
 export * from './progress.ts';
 export * from './units.ts';
 export * from './export-details.ts';
+export * from './model.ts';
