@@ -19,7 +19,7 @@ import {
   writeTextFile,
   type ByteRange,
 } from './data.ts';
-import { dropCaches, du, findRestored, GNU_TIME, hashFile, hashTree, timed } from './measure.ts';
+import { dropCaches, du, findRestored, GNU_TIME, hashFile, hashTree, timed, untimed } from './measure.ts';
 import type { Machine, Row } from './report.ts';
 import {
   describeMachine,
@@ -518,6 +518,9 @@ async function updateDocs(markdown: string): Promise<void> {
       ? text.slice(0, a) + block + text.slice(b + END.length)
       : `${text.trimEnd()}\n\n${block}\n`;
   await writeFile(file, text);
+  // npm test runs prettier --check over the tree: leave the file formatted.
+  const prettier = path.join(PROJECT_ROOT, 'node_modules', '.bin', 'prettier');
+  if (existsSync(prettier)) await untimed({ cmd: prettier, args: ['--write', file] }).catch(() => undefined);
   log(`updated ${path.relative(PROJECT_ROOT, file)}`);
 }
 
