@@ -14,6 +14,6 @@ step "typecheck"
 npx tsc -p tsconfig.json
 step "tests"
 export TERN_PEERS_DIR="${TERN_PEERS_DIR:-$HOME/.cache/tern-peers}"
-node --test --test-concurrency=2 --test-timeout=600000 --test-reporter=spec \
+./node_modules/.bin/node --test --test-concurrency=2 --test-timeout=600000 --test-reporter=spec \
   'test/unit/**/*.test.ts' 'test/contract/**/*.test.ts' 'test/integration/**/*.test.ts'
 step "done"
