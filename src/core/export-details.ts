@@ -43,6 +43,10 @@ export const ExportedRestorePointSchema = z.object({
   repositorySnapshots: z.record(z.string(), z.string()).default({}),
   /** Snapshot copies per volume in other regions (snapshot copy path). */
   copies: z.array(CopiedSnapshotSchema).default([]),
+  /** How long the export took, and the bytes it moved off-site. */
+  exportDurationMs: z.number().nonnegative().optional(),
+  bytesTransferred: z.number().int().nonnegative().optional(),
+  incremental: z.boolean().optional(),
 });
 
 export const ExportDetailsPayloadSchema = z.object({
@@ -57,6 +61,15 @@ export const ExportDetailsPayloadSchema = z.object({
     })
     .optional(),
   restorePoints: z.array(ExportedRestorePointSchema),
+  /** Export path of this token's stream: 'datamover' (repository) or 'snapshot-copy'. */
+  kind: z.enum(['datamover', 'snapshot-copy']).optional(),
+  /**
+   * Where later exports of the same stream publish their restore point records (an object store URL without
+   * secrets), so a DR site holding an older token catches up on every restore point made since.
+   */
+  stream: z.object({ id: z.string().min(1), records: z.string().min(1) }).optional(),
+  /** How the DR site opens the platform that holds the copied snapshots (no secrets; local: region paths). */
+  platform: z.object({ type: z.string().min(1), config: z.record(z.string(), z.unknown()) }).optional(),
   key: z.object({
     kdf: z.object({
       alg: z.literal('scrypt'),
