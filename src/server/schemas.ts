@@ -1,0 +1,136 @@
+/**
+ * Request/response shapes of the HTTP API that are not domain objects themselves. Bodies are checked with
+ * these (and the domain schemas in core/model.ts) before the service is called; the OpenAPI document is
+ * generated from the same schemas, so the two cannot drift apart.
+ */
+import { z } from 'zod';
+import {
+  ACTION_STATES,
+  ACTION_TYPES,
+  ActionRunSchema,
+  ApplicationSchema,
+  ErrorRecordSchema,
+  ExportActionSchema,
+  FrequencySchema,
+  InfraProfileSchema,
+  LocationProfileSchema,
+  NameSchema,
+  PolicySchema,
+  ProfileSchema,
+  RestorePointSchema,
+  RetentionSchema,
+} from '../core/index.ts';
+
+export const TIER_KINDS = ['local', 'repository', 'region-copy'] as const;
+
+/** PATCH /v1/policies/{name}: any field but name and app. */
+export const PolicyPatchSchema = z
+  .object({
+    frequency: FrequencySchema,
+    retention: RetentionSchema,
+    export: ExportActionSchema,
+    exportRetention: RetentionSchema,
+    paused: z.boolean(),
+  })
+  .partial()
+  .strict();
+
+export const RestoreRequestSchema = z
+  .object({
+    restorePoint: z.string().min(1),
+    source: z.enum(['snapshot', 'repository', 'auto']).default('auto'),
+    targetApp: NameSchema.optional(),
+    volumes: z.array(NameSchema).min(1).optional(),
+    dryRun: z.boolean().default(false),
+  })
+  .strict();
+
+export const RedactedProfileSchema = z.discriminatedUnion('kind', [
+  LocationProfileSchema.omit({ secrets: true }).extend({ secretNames: z.array(z.string()) }),
+  InfraProfileSchema.omit({ secrets: true }).extend({ secretNames: z.array(z.string()) }),
+]);
+
+export const PolicyViewSchema = PolicySchema.extend({
+  cron: z.string(),
+  nextRunAt: z.string().optional(),
+  lastRunAt: z.string().optional(),
+});
+
+export const RestorePlanSchema = z.object({
+  restorePoint: z.string(),
+  app: z.string(),
+  targetApp: z.string(),
+  inPlace: z.boolean(),
+  source: z.enum(['snapshot', 'repository']),
+  consistentAt: z.string(),
+  volumes: z.array(
+    z.object({
+      volume: z.string(),
+      from: z.string(),
+      to: z.string(),
+      region: z.string(),
+      sizeBytes: z.number().int(),
+      overwrite: z.boolean(),
+    }),
+  ),
+  totalBytes: z.number().int(),
+});
+
+export const RestoreResultSchema = z.object({
+  plan: RestorePlanSchema,
+  actionId: z.string().optional(),
+  action: ActionRunSchema.optional(),
+});
+
+export const RunResultSchema = z.object({ actionId: z.string(), action: ActionRunSchema });
+
+export const ErrorSchema = z.object({
+  error: z.object({
+    code: z.string(),
+    message: z.string(),
+    details: z
+      .object({
+        fields: z.array(z.object({ path: z.string(), message: z.string() })).optional(),
+      })
+      .catchall(z.unknown())
+      .optional(),
+  }),
+});
+
+export const ActionQuerySchema = z
+  .object({
+    app: z.string().optional(),
+    policy: z.string().optional(),
+    type: z.enum(ACTION_TYPES).optional(),
+    state: z.enum(ACTION_STATES).optional(),
+    run: z.string().optional(),
+    limit: z.coerce.number().int().min(1).max(10_000).optional(),
+  })
+  .strict();
+
+export const RestorePointQuerySchema = z
+  .object({
+    app: z.string().optional(),
+    policy: z.string().optional(),
+    tier: z.enum(TIER_KINDS).optional(),
+    includeExpired: z.enum(['true', 'false']).optional(),
+  })
+  .strict();
+
+/** Named schemas for the OpenAPI components section. */
+export const COMPONENTS = {
+  Application: ApplicationSchema,
+  ProfileInput: ProfileSchema,
+  Profile: RedactedProfileSchema,
+  PolicyInput: PolicySchema,
+  PolicyPatch: PolicyPatchSchema,
+  Policy: PolicyViewSchema,
+  RestorePoint: RestorePointSchema,
+  RestoreRequest: RestoreRequestSchema,
+  RestoreResult: RestoreResultSchema,
+  RunResult: RunResultSchema,
+  ActionRun: ActionRunSchema,
+  ErrorRecord: ErrorRecordSchema,
+  Error: ErrorSchema,
+} as const;
+export type ComponentName = keyof typeof COMPONENTS;
