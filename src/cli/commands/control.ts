@@ -126,6 +126,11 @@ export async function waitForActions(
 export function reportActions(actions: ActionRun[], json: boolean | undefined): void {
   if (json) printJson(actions.length === 1 ? actions[0] : actions);
   else printTable(ACTION_HEADERS, actions.map(actionRow));
+  failOnBadAction(actions);
+}
+
+/** A Failed or Cancelled action becomes the command's error, so the exit code tells what happened. */
+export function failOnBadAction(actions: ActionRun[]): void {
   const bad = actions.find((a) => a.state === 'Failed' || a.state === 'Cancelled');
   if (bad) {
     // The exit code follows the recorded error's code when it is one of ours.
@@ -460,15 +465,18 @@ function registerActions(program: Command): void {
         ac.signal,
       );
     });
+  // The parent `actions` has the same flags and takes them when they come first; optsWithGlobals merges both.
   withClient(actions.command('get <id>').description('show one action run')).action(
-    async (id: string, o: ClientFlags) => {
+    async (id: string, _o: ClientFlags, cmd: Command) => {
+      const o = cmd.optsWithGlobals<ClientFlags>();
       const a = await ApiClient.fromFlags(o).get<ActionRun>(`/v1/actions/${enc(id)}`);
       if (o.json) return printJson(a);
       process.stdout.write(YAML.stringify(a));
     },
   );
   withClient(actions.command('cancel <id>').description('cancel a pending or running action')).action(
-    async (id: string, o: ClientFlags) => {
+    async (id: string, _o: ClientFlags, cmd: Command) => {
+      const o = cmd.optsWithGlobals<ClientFlags>();
       const a = await ApiClient.fromFlags(o).post<ActionRun>(`/v1/actions/${enc(id)}/cancel`);
       if (o.json) printJson(a);
       else process.stdout.write(`action ${id}: ${a.state}\n`);

@@ -1,7 +1,8 @@
 import type { Command } from 'commander';
+import { registerControl } from './control.ts';
 import { registerRepo } from './repo.ts';
 
 /** Each command module registers its verbs on the root program. Add a module here to add verbs. */
 export type Register = (program: Command) => void;
 
-export const modules: Register[] = [registerRepo];
+export const modules: Register[] = [registerRepo, registerControl];

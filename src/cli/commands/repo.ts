@@ -20,6 +20,14 @@ import {
 } from '../../repo/index.ts';
 import { backupTree, listTree, modeString, restoreTree } from '../../repo/tree/index.ts';
 import { printJson, printTable, progressPrinter } from '../output.ts';
+import {
+  isRestorePointForm,
+  restorePointOptions,
+  restoreRestorePoint,
+  type RestorePointFlags,
+} from './restore.ts';
+
+type RestoreFlags = Common & RestorePointFlags & { overwrite?: boolean };
 
 interface Common {
   repo?: string;
@@ -241,11 +249,20 @@ export function registerRepo(program: Command): void {
       });
     });
 
-  withCommon(
-    program.command('restore <id> <target>').description('restore a snapshot ("latest" for the newest)'),
+  // One verb, two forms: with --repo (or TERN_REPOSITORY) a repository snapshot, else a restore point (restore.ts).
+  restorePointOptions(
+    withCommon(
+      program
+        .command('restore [id] [target]')
+        .description(
+          'restore a repository snapshot ("latest" for the newest) with --repo, or a restore point with --restore-point',
+        ),
+    ),
   )
     .option('--overwrite', 'replace existing files')
-    .action(async (id: string, target: string, o: Common & { overwrite?: boolean }) => {
+    .action(async (id: string | undefined, target: string | undefined, o: RestoreFlags) => {
+      if (isRestorePointForm(o)) return restoreRestorePoint(o, id);
+      if (!id || !target) throw new InputError('usage: tern restore <id> <target> --repo <url>');
       const sig = signal();
       const progress = progressPrinter(!o.json && process.stderr.isTTY === true);
       const started = Date.now();
