@@ -1,5 +1,7 @@
 import type { Command } from 'commander';
 import { registerControl } from './control.ts';
+import { registerDemo } from './demo.ts';
+import { registerDr } from './dr.ts';
 import { registerRepo } from './repo.ts';
 
 /** Each command module registers its verbs on the root program. Add a module here to add verbs. */

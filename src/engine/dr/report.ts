@@ -5,7 +5,9 @@
  *
  * 3-2-1 as counted here: copies = the production volume + its local snapshot at the source + the off-site
  * export (+ a warm-standby volume at the DR site); media = distinct storage kinds holding them (platform
- * block storage vs object storage); off-site = a copy outside the source region.
+ * block storage — volumes, snapshots and their region copies — vs object storage, the repository); off-site =
+ * an export outside the source region. A snapshot-copy path alone is therefore 1 medium: it needs a datamover
+ * export beside it for 3-2-1.
  */
 import { systemClock } from '../../core/index.ts';
 import type { Clock } from '../../core/index.ts';
@@ -38,12 +40,9 @@ export interface AppReport {
   rule321: { copies: number; media: number; offsite: number; ok: boolean };
 }
 
+/** Storage kind holding a stream's off-site copy: the platform's block storage, or object storage. */
 function mediumOf(stream: ImportStream): string {
-  if (stream.kind === 'datamover') {
-    const m = /^([a-z][a-z0-9+.-]*):\/\//i.exec(stream.location.repository);
-    return `object-storage:${m?.[1] ?? 'file'}`;
-  }
-  return `block-storage:${stream.platform?.type ?? 'platform'}`;
+  return stream.kind === 'datamover' ? 'object-storage' : 'block-storage';
 }
 
 function rule(copies: number, media: Set<string>, offsite: number): PathReport['rule321'] {
@@ -75,7 +74,7 @@ export function drReport(
     const restore = [...state.restores].reverse().find((r) => r.stream === s.id);
     const path = s.kind === 'datamover' ? 'repository' : 'snapshot-copy';
     const standby = s.restorePoints.some((r) => r.standby) ? 1 : 0;
-    const media = new Set(['block-storage:source', mediumOf(s)]);
+    const media = new Set(['block-storage', mediumOf(s)]);
     // Production + local snapshot share the source's block storage; the export is the third, off-site copy.
     const copies = 2 + (rps.length > 0 ? 1 : 0) + standby;
     const rep: PathReport = {
