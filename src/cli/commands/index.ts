@@ -7,4 +7,4 @@ import { registerRepo } from './repo.ts';
 /** Each command module registers its verbs on the root program. Add a module here to add verbs. */
 export type Register = (program: Command) => void;
 
-export const modules: Register[] = [registerRepo, registerControl];
+export const modules: Register[] = [registerRepo, registerControl, registerDemo, registerDr];
