@@ -122,11 +122,21 @@ export async function waitForActions(
   }
 }
 
-/** Prints finished actions; a Failed/Cancelled one becomes the command's error (and exit code). */
-export function reportActions(actions: ActionRun[], json: boolean | undefined): void {
-  if (json) printJson(actions.length === 1 ? actions[0] : actions);
-  else printTable(ACTION_HEADERS, actions.map(actionRow));
-  failOnBadAction(actions);
+/**
+ * Waits for a whole policy run: its first action and the follow-ons (export, retention) that carry
+ * `params.run`. The engine inserts a follow-on in the same transaction that completes its predecessor,
+ * so once every action seen is terminal, the run is over.
+ */
+export async function waitForRun(client: ApiClient, runId: string, intervalMs = 250): Promise<ActionRun[]> {
+  for (;;) {
+    const first = await client.get<ActionRun>(`/v1/actions/${enc(runId)}`);
+    const rest = await client.get<ActionRun[]>(`/v1/actions${query({ run: runId })}`);
+    const all = [first, ...rest.filter((a) => a.id !== runId)].sort((a, b) =>
+      a.createdAt.localeCompare(b.createdAt),
+    );
+    if (all.every((a) => isTerminal(a.state))) return all;
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
 }
 
 /** A Failed or Cancelled action becomes the command's error, so the exit code tells what happened. */
@@ -394,19 +404,19 @@ function registerPolicies(program: Command): void {
     .option('--wait', 'wait until the run finishes; a failed run exits non-zero')
     .action(async (name: string, o: ClientFlags & { wait?: boolean }) => {
       const client = ApiClient.fromFlags(o);
-      const started = await client.post<{ actions: ActionRun[] }>(`/v1/policies/${enc(name)}/run`);
+      const started = await client.post<{ actionId: string; action: ActionRun }>(
+        `/v1/policies/${enc(name)}/run`,
+      );
       if (!o.wait) {
         if (o.json) printJson(started);
-        else printTable(ACTION_HEADERS, started.actions.map(actionRow));
+        else
+          process.stdout.write(`policy ${name} started: action ${started.actionId} (tern actions --watch)\n`);
         return;
       }
-      reportActions(
-        await waitForActions(
-          client,
-          started.actions.map((a) => a.id),
-        ),
-        o.json,
-      );
+      const actions = await waitForRun(client, started.actionId);
+      if (o.json) printJson({ actionId: started.actionId, actions });
+      else printTable(ACTION_HEADERS, actions.map(actionRow));
+      failOnBadAction(actions);
     });
 }
 
