@@ -57,7 +57,9 @@ export async function listImportable(
 }> {
   const details = readStreamDetails(o.token, o.importSecret);
   const st = await o.state.read();
-  const known = new Set(st.imports[details.stream.id]?.restorePoints.map((r) => r.id) ?? []);
+  const cur = st.imports[details.stream.id];
+  const known = new Set(cur?.restorePoints.map((r) => r.id) ?? []);
+  const skip = new Set([...known, ...(cur?.forgotten ?? [])]);
   const store = await openStore(details.stream.records);
   try {
     const { records, errors } = await listRecords(
@@ -68,7 +70,7 @@ export async function listImportable(
     );
     return {
       details,
-      records: records.filter((r) => !known.has(r.id)),
+      records: records.filter((r) => !skip.has(r.id)),
       rejected: errors.map((e) => e.message),
       known,
     };
@@ -90,6 +92,7 @@ function streamFrom(details: StreamDetails, token: string, keepLast: number | un
     ...(p.platform ? { platform: p.platform } : {}),
     ...(keepLast ? { keepLast } : {}),
     restorePoints: [],
+    forgotten: [],
   };
 }
 
@@ -183,6 +186,7 @@ export async function importRestorePoints(o: ImportOptions): Promise<ImportResul
         const drop = keepLast
           ? cur.restorePoints.splice(0, Math.max(0, cur.restorePoints.length - keepLast))
           : [];
+        cur.forgotten = [...cur.forgotten, ...drop.map((r) => r.id)].slice(-10_000);
         s.imports[stream.id] = cur;
         return drop.map((r) => r.id);
       });
@@ -203,7 +207,11 @@ export async function importRestorePoints(o: ImportOptions): Promise<ImportResul
       await ctx.repo.store.close?.();
     }
   }
-  const have = new Set([...known, ...result.imported]);
+  const have = new Set([
+    ...known,
+    ...result.imported,
+    ...((await o.state.read()).imports[stream.id]?.forgotten ?? []),
+  ]);
   result.missing = details.payload.restorePoints.map((r) => r.id).filter((id) => !have.has(id));
   return result;
 }

@@ -1,7 +1,8 @@
 /**
- * Restore at the DR site from an imported restore point. The path is chosen automatically: a copied snapshot
- * when the restore point has one for every volume (the platform clones it, instantly where it can), else the
- * repository stream; `path` overrides.
+ * Restore at the DR site from an imported restore point (the newest across the app's streams unless one is
+ * named). The path is chosen automatically: a copied snapshot when the restore point has one for every volume
+ * (the platform clones it, instantly where it can), else the repository stream; `path` overrides (and then
+ * the newest restore point having that path is used).
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -78,7 +79,8 @@ export function pickRestorePoint(
       if (hasRepository(rp) && (want.path ?? 'auto') !== 'snapshot-copy')
         candidates.push({ stream, rp, path: 'repository' });
     }
-  // Newest data first; at equal age the copied snapshot wins (instant where the platform clones).
+  // The newest restore point (best RPO); for it, the copied snapshot when it has one (instant where the platform
+  // clones), else the repository stream.
   candidates.sort(
     (a, b) =>
       b.rp.consistentAt.localeCompare(a.rp.consistentAt) ||

@@ -45,6 +45,8 @@ const ImportStreamSchema = z.object({
   keepLast: z.number().int().positive().optional(),
   lastImportAt: z.iso.datetime().optional(),
   restorePoints: z.array(ImportedRestorePointSchema).default([]),
+  /** Restore points dropped by DR-side retention: never imported again. */
+  forgotten: z.array(z.string()).default([]),
 });
 export type ImportStream = z.infer<typeof ImportStreamSchema>;
 
