@@ -56,6 +56,7 @@ export interface ExpireContext {
   app: Application;
   platform: Platform;
   locationProfile(name: string): Promise<LocationProfile>;
+  clock: Clock;
   signal: AbortSignal;
 }
 
