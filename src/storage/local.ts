@@ -11,6 +11,7 @@ import {
   StorageError,
   ForbiddenError,
   InputError,
+  TernError,
   throwIfAborted,
 } from '../core/index.ts';
 import type { ObjectInfo, ObjectStore, PutOptions } from './types.ts';
@@ -96,7 +97,8 @@ export class LocalStore implements ObjectStore {
   async head(key: string): Promise<ObjectInfo | undefined> {
     try {
       const st = await fs.stat(this.pathOf(key));
-      return { key, size: st.size, modified: st.mtime };
+      // A directory is where keys live, not an object (as on S3 and Azure).
+      return st.isFile() ? { key, size: st.size, modified: st.mtime } : undefined;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw mapFsError(err, key, this.location);
@@ -147,6 +149,7 @@ export class LocalStore implements ObjectStore {
 }
 
 function mapFsError(err: unknown, key: string, location: string): Error {
+  if (err instanceof TernError) return err;
   const code = (err as NodeJS.ErrnoException).code;
   if (code === 'ENOENT') return new NotFoundError(`object ${key} not found in ${location}`, { cause: err });
   if (code === 'ENOSPC' || code === 'EDQUOT')

@@ -25,7 +25,11 @@ export function motoServerBin(): string | undefined {
   return existsSync(bin) ? bin : undefined;
 }
 
-export async function startMoto(opts: { region?: string } = {}): Promise<Moto> {
+/**
+ * `env` reaches the server process, e.g. `{ INITIAL_NO_AUTH_ACTION_COUNT: '0' }` makes moto check credentials
+ * against its IAM (unknown keys are refused) instead of accepting anything.
+ */
+export async function startMoto(opts: { region?: string; env?: Record<string, string> } = {}): Promise<Moto> {
   const bin = motoServerBin();
   if (!bin)
     throw new Error('moto is not installed: run scripts/ensure-peers.sh (scripts/peers.d/20-moto.sh)');
@@ -38,6 +42,7 @@ export async function startMoto(opts: { region?: string } = {}): Promise<Moto> {
       AWS_ACCESS_KEY_ID: 'testing',
       AWS_SECRET_ACCESS_KEY: 'testing',
       AWS_DEFAULT_REGION: region,
+      ...opts.env,
     },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
