@@ -127,10 +127,12 @@ export class Catalog {
 
   /** Migrations applied, in order. */
   migrations(): { version: number; name: string }[] {
-    return this.db.prepare('SELECT version, name FROM migrations ORDER BY version').all() as {
-      version: number;
-      name: string;
-    }[];
+    return (
+      this.db.prepare('SELECT version, name FROM migrations ORDER BY version').all() as {
+        version: number;
+        name: string;
+      }[]
+    ).map((r) => ({ version: r.version, name: r.name }));
   }
 
   /** Runs `fn` in one transaction (nested calls join the outer one). */

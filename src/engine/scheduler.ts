@@ -39,6 +39,7 @@ export class Scheduler {
   private loop: Promise<void> | undefined;
   private stop: AbortController | undefined;
   private wakeUp: (() => void) | undefined;
+  private readonly nextCache = new Map<string, number>();
 
   constructor(o: SchedulerOptions) {
     this.catalog = o.catalog;
@@ -58,8 +59,18 @@ export class Scheduler {
     const fired: string[] = [];
     for (const row of this.catalog.listPolicies()) {
       if (row.policy.paused) continue;
+      const cron = frequencyToCron(row.policy.frequency);
       const since = new Date(row.lastRunAt ?? row.createdAt);
-      const due = latestDue(frequencyToCron(row.policy.frequency), since, now);
+      // Cache the next fire time per (policy, cron, last run): most ticks find nothing due without parsing cron.
+      const key = `${row.policy.name}\0${cron}\0${since.toISOString()}`;
+      let next = this.nextCache.get(key);
+      if (next === undefined) {
+        next = nextCronTime(cron, since).getTime();
+        this.nextCache.set(key, next);
+      }
+      if (next > now.getTime()) continue;
+      this.nextCache.delete(key);
+      const due = latestDue(cron, since, now);
       if (!due) continue;
       this.catalog.setPolicyLastRun(row.policy.name, due.toISOString());
       this.fire(row.policy, due);

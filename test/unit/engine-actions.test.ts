@@ -1,0 +1,243 @@
+/** The action state machine: phases, retries with backoff, cancel at any point, restart recovery. */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, test } from 'node:test';
+import { Catalog } from '../../src/catalog/index.ts';
+import { InputError, ManualClock, StorageError } from '../../src/core/index.ts';
+import type { ActionRun, ActionState } from '../../src/core/model.ts';
+import { ActionRunner, type ActionHandler } from '../../src/engine/runner.ts';
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-actions-'));
+after(() => fs.rmSync(dir, { recursive: true, force: true }));
+let n = 0;
+
+function setup(handlers: Record<string, ActionHandler>, maxAttempts = 3) {
+  const file = path.join(dir, `c${++n}`, 'c.db');
+  const catalog = Catalog.open(file, { env: {} });
+  const clock = new ManualClock(Date.UTC(2026, 0, 1));
+  const events: ActionRun[] = [];
+  const runner = new ActionRunner({
+    catalog,
+    clock,
+    handlers,
+    retry: { maxAttempts, baseDelayMs: 1000, maxDelayMs: 60_000 },
+    onChange: (a) => events.push(a),
+  });
+  return { catalog, clock, runner, events, file };
+}
+
+async function until(what: string, cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 2000; i++) {
+    if (cond()) return;
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  assert.fail(`timed out waiting for ${what}`);
+}
+
+const state = (c: Catalog, id: string): ActionState => c.getAction(id).state;
+
+test('a successful action records phases, progress and follow-on actions in its queue', async () => {
+  const order: string[] = [];
+  const { catalog, runner, events } = setup({
+    backup: async (ctx) => {
+      await ctx.phase('snapshot', async () => {
+        ctx.progress({ bytesRead: 100, progress: 0.5 });
+      });
+      await ctx.phase('finish', async () => {});
+      order.push('backup');
+      return { next: [{ type: 'export', app: 'a', params: { run: ctx.action.id } }] };
+    },
+    export: async () => {
+      order.push('export');
+    },
+  });
+  const a = runner.create({ type: 'backup', app: 'a' });
+  runner.enqueue(a.id);
+  await runner.idle();
+  const done = catalog.getAction(a.id);
+  assert.equal(done.state, 'Complete');
+  assert.equal(done.attempt, 1);
+  assert.deepEqual(
+    done.phases.map((p) => [p.name, typeof p.endedAt]),
+    [
+      ['snapshot', 'string'],
+      ['finish', 'string'],
+    ],
+  );
+  assert.equal(done.progress, 1);
+  assert.deepEqual(order, ['backup', 'export']);
+  const exp = catalog.listActions({ run: a.id, type: 'export' });
+  assert.equal(exp.length, 1);
+  assert.equal(exp[0]?.state, 'Complete');
+  const seen = events.filter((e) => e.id === a.id).map((e) => e.state);
+  assert.deepEqual([...new Set(seen)], ['Pending', 'Running', 'Complete']);
+  catalog.close();
+});
+
+test('failed attempts retry with exponential backoff on the clock, then complete', async () => {
+  let calls = 0;
+  const { catalog, clock, runner } = setup({
+    backup: async () => {
+      calls++;
+      if (calls < 3) throw new StorageError(`flaky ${calls}`, { cause: new Error('ECONNRESET') });
+    },
+  });
+  const a = runner.create({ type: 'backup', app: 'a' });
+  runner.enqueue(a.id);
+  await until('first failure', () => state(catalog, a.id) === 'AttemptFailed');
+  assert.deepEqual(catalog.getAction(a.id).error, {
+    code: 'STORAGE',
+    message: 'flaky 1',
+    cause: { code: 'Error', message: 'ECONNRESET' },
+  });
+  clock.advance(999);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(calls, 1, 'no retry before the backoff');
+  clock.advance(1);
+  await until('second failure', () => calls === 2 && state(catalog, a.id) === 'AttemptFailed');
+  clock.advance(1999);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(calls, 2, 'second backoff is doubled');
+  clock.advance(1);
+  await runner.idle();
+  const done = catalog.getAction(a.id);
+  assert.equal(done.state, 'Complete');
+  assert.equal(done.attempt, 3);
+  assert.equal(done.error, undefined);
+  catalog.close();
+});
+
+test('permanent errors fail at once; exhausted attempts fail with the cause chain', async () => {
+  const { catalog, clock, runner } = setup(
+    {
+      backup: () => Promise.reject(new InputError('bad input')),
+      export: () => Promise.reject(new StorageError('down', { cause: new Error('refused') })),
+    },
+    2,
+  );
+  const a = runner.create({ type: 'backup', app: 'a' });
+  runner.enqueue(a.id);
+  await runner.idle();
+  assert.equal(state(catalog, a.id), 'Failed');
+  assert.equal(catalog.getAction(a.id).attempt, 1);
+  const b = runner.create({ type: 'export', app: 'b' });
+  runner.enqueue(b.id);
+  await until('attempt failed', () => state(catalog, b.id) === 'AttemptFailed');
+  clock.advance(1000);
+  await runner.idle();
+  const f = catalog.getAction(b.id);
+  assert.equal(f.state, 'Failed');
+  assert.equal(f.attempt, 2);
+  assert.deepEqual(f.error, {
+    code: 'STORAGE',
+    message: 'down',
+    cause: { code: 'Error', message: 'refused' },
+  });
+  assert.ok(f.endedAt);
+  catalog.close();
+});
+
+test('cancel works while running, during backoff and while queued', async () => {
+  let started = 0;
+  const { catalog, runner } = setup({
+    backup: (ctx) =>
+      ctx.phase('long', () => {
+        started++;
+        return new Promise((_r, reject) =>
+          ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason as Error)),
+        );
+      }),
+    export: () => Promise.reject(new StorageError('flaky')),
+  });
+  const running = runner.create({ type: 'backup', app: 'a' });
+  const queued = runner.create({ type: 'backup', app: 'a' });
+  runner.enqueue(running.id);
+  runner.enqueue(queued.id);
+  await until('running', () => started === 1);
+  runner.cancel(queued.id);
+  assert.equal(state(catalog, queued.id), 'Cancelled');
+  runner.cancel(running.id);
+  await until('cancelled', () => state(catalog, running.id) === 'Cancelled');
+  const r = catalog.getAction(running.id);
+  assert.equal(r.error?.code, 'CANCELLED');
+  assert.ok(r.phases[0]?.endedAt, 'the phase is closed');
+
+  const backoff = runner.create({ type: 'export', app: 'b' });
+  runner.enqueue(backoff.id);
+  await until('backoff', () => state(catalog, backoff.id) === 'AttemptFailed');
+  runner.cancel(backoff.id);
+  await runner.idle();
+  assert.equal(state(catalog, backoff.id), 'Cancelled');
+  assert.equal(started, 1, 'the cancelled queued action never ran');
+  catalog.close();
+});
+
+test('restart recovery: Running actions resume as a new attempt or fail with a clear reason', async () => {
+  const file = path.join(dir, 'recovery', 'c.db');
+  const catalog = Catalog.open(file, { env: {} });
+  const clock = new ManualClock(Date.UTC(2026, 0, 1));
+  let release: () => void = () => {};
+  const first = new ActionRunner({
+    catalog,
+    clock,
+    retry: { maxAttempts: 2 },
+    handlers: {
+      export: (ctx) => ctx.phase('export', () => new Promise<void>((r) => (release = r))),
+    },
+  });
+  const a = first.create({ type: 'export', app: 'a' });
+  first.enqueue(a.id);
+  await until('running', () => state(catalog, a.id) === 'Running');
+  // Simulate a kill: the process is gone, the row says Running.
+  const last = { ...catalog.getAction(a.id), id: 'act-last', attempt: 2 };
+  catalog.insertAction(last);
+  release();
+  await first.idle();
+  catalog.updateAction({ ...catalog.getAction(a.id), state: 'Running', endedAt: undefined, progress: 0.3 });
+  const pending = { ...last, id: 'act-pending', state: 'Pending' as const, attempt: 0 };
+  catalog.insertAction(pending);
+
+  let ran = 0;
+  const second = new ActionRunner({
+    catalog,
+    clock,
+    retry: { maxAttempts: 2 },
+    handlers: { export: () => Promise.resolve(void ran++) },
+  });
+  const r = second.recover();
+  assert.deepEqual(r.failed, ['act-last']);
+  assert.deepEqual(r.resumed.sort(), [a.id, 'act-pending'].sort());
+  await second.idle();
+  const resumed = catalog.getAction(a.id);
+  assert.equal(resumed.state, 'Complete');
+  assert.equal(resumed.attempt, 2);
+  const failed = catalog.getAction('act-last');
+  assert.equal(failed.state, 'Failed');
+  assert.match(failed.error?.message ?? '', /interrupted by a restart.*no attempt left/);
+  assert.equal(state(catalog, 'act-pending'), 'Complete');
+  assert.equal(ran, 2);
+  assert.equal(catalog.listActions({ states: ['Running', 'Pending', 'AttemptFailed'] }).length, 0);
+  catalog.close();
+});
+
+test('shutdown interrupts running work as AttemptFailed; the next start resumes it', async () => {
+  const { catalog, runner, clock } = setup({
+    backup: (ctx) =>
+      new Promise((_r, reject) =>
+        ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason as Error)),
+      ),
+  });
+  const a = runner.create({ type: 'backup', app: 'a' });
+  runner.enqueue(a.id);
+  await until('running', () => state(catalog, a.id) === 'Running');
+  await runner.shutdown();
+  assert.equal(state(catalog, a.id), 'AttemptFailed');
+  assert.equal(catalog.getAction(a.id).error?.code, 'INTERRUPTED');
+  const next = new ActionRunner({ catalog, clock, handlers: { backup: () => Promise.resolve() } });
+  next.recover();
+  await next.idle();
+  assert.equal(state(catalog, a.id), 'Complete');
+  catalog.close();
+});
