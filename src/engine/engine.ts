@@ -184,17 +184,17 @@ export class Engine implements TernService {
     return app;
   }
 
-  getApp(name: string): Promise<Application> {
-    return Promise.resolve(this.catalog.getApp(name));
+  async getApp(name: string): Promise<Application> {
+    return this.catalog.getApp(name);
   }
 
-  listApps(): Promise<Application[]> {
-    return Promise.resolve(this.catalog.listApps());
+  async listApps(): Promise<Application[]> {
+    return this.catalog.listApps();
   }
 
-  deleteApp(name: string): Promise<void> {
+  async deleteApp(name: string): Promise<void> {
     this.catalog.deleteApp(name);
-    return Promise.resolve();
+    return;
   }
 
   // ---------- profiles ----------
@@ -218,18 +218,18 @@ export class Engine implements TernService {
     return redactProfile(p);
   }
 
-  getProfile(name: string): Promise<RedactedProfile> {
-    return Promise.resolve(redactProfile(this.catalog.getProfile(name)));
+  async getProfile(name: string): Promise<RedactedProfile> {
+    return redactProfile(this.catalog.getProfile(name));
   }
 
-  listProfiles(kind?: 'location' | 'infra'): Promise<RedactedProfile[]> {
-    return Promise.resolve(this.catalog.listProfiles(kind));
+  async listProfiles(kind?: 'location' | 'infra'): Promise<RedactedProfile[]> {
+    return this.catalog.listProfiles(kind);
   }
 
-  deleteProfile(name: string): Promise<void> {
+  async deleteProfile(name: string): Promise<void> {
     this.catalog.deleteProfile(name);
     this.platforms.delete(name);
-    return Promise.resolve();
+    return;
   }
 
   // ---------- policies ----------
@@ -254,7 +254,7 @@ export class Engine implements TernService {
     if (p.export) this.exporter(p.export.mode);
   }
 
-  createPolicy(input: PolicyInput): Promise<PolicyView> {
+  async createPolicy(input: PolicyInput): Promise<PolicyView> {
     const p = parseInput(PolicySchema, input, 'policy');
     this.checkPolicyRefs(p);
     this.catalog.insertPolicy(p, this.clock.now().toISOString());
@@ -262,7 +262,7 @@ export class Engine implements TernService {
     return this.getPolicy(p.name);
   }
 
-  updatePolicy(name: string, patch: PolicyPatch): Promise<PolicyView> {
+  async updatePolicy(name: string, patch: PolicyPatch): Promise<PolicyView> {
     const cur = this.catalog.getPolicy(name).policy;
     const body = { ...cur, ...(patch as object), name: cur.name, app: cur.app };
     const p = parseInput(PolicySchema, body, 'policy');
@@ -272,28 +272,28 @@ export class Engine implements TernService {
     return this.getPolicy(name);
   }
 
-  getPolicy(name: string): Promise<PolicyView> {
-    return Promise.resolve(this.view(this.catalog.getPolicy(name)));
+  async getPolicy(name: string): Promise<PolicyView> {
+    return this.view(this.catalog.getPolicy(name));
   }
 
-  listPolicies(filter: { app?: string } = {}): Promise<PolicyView[]> {
-    return Promise.resolve(this.catalog.listPolicies(filter.app).map((r) => this.view(r)));
+  async listPolicies(filter: { app?: string } = {}): Promise<PolicyView[]> {
+    return this.catalog.listPolicies(filter.app).map((r) => this.view(r));
   }
 
-  deletePolicy(name: string): Promise<void> {
+  async deletePolicy(name: string): Promise<void> {
     this.catalog.deletePolicy(name);
     this.scheduler.wake();
-    return Promise.resolve();
+    return;
   }
 
-  pausePolicy(name: string): Promise<PolicyView> {
+  async pausePolicy(name: string): Promise<PolicyView> {
     const p = this.catalog.getPolicy(name).policy;
     this.catalog.updatePolicy({ ...p, paused: true });
     this.scheduler.wake();
     return this.getPolicy(name);
   }
 
-  resumePolicy(name: string): Promise<PolicyView> {
+  async resumePolicy(name: string): Promise<PolicyView> {
     const row = this.catalog.getPolicy(name);
     // Runs missed while paused are not replayed: the schedule restarts from now.
     this.catalog.tx(() => {
@@ -304,26 +304,24 @@ export class Engine implements TernService {
     return this.getPolicy(name);
   }
 
-  runPolicy(name: string): Promise<PolicyRunHandle> {
+  async runPolicy(name: string): Promise<PolicyRunHandle> {
     const p = this.catalog.getPolicy(name).policy;
-    return Promise.resolve({ actionId: this.startRun(p, { onDemand: true }) });
+    return { actionId: this.startRun(p, { onDemand: true }) };
   }
 
   // ---------- restore points ----------
 
-  listRestorePoints(filter: RestorePointFilter = {}): Promise<RestorePoint[]> {
+  async listRestorePoints(filter: RestorePointFilter = {}): Promise<RestorePoint[]> {
     const all = this.catalog.listRestorePoints({ app: filter.app, policy: filter.policy });
-    return Promise.resolve(
-      all.filter((rp) => {
-        const live = rp.tiers.filter((t) => !t.expiredAt);
-        if (filter.tier) return live.some((t) => t.kind === filter.tier);
-        return filter.includeExpired || live.length > 0;
-      }),
-    );
+    return all.filter((rp) => {
+      const live = rp.tiers.filter((t) => !t.expiredAt);
+      if (filter.tier) return live.some((t) => t.kind === filter.tier);
+      return filter.includeExpired || live.length > 0;
+    });
   }
 
-  getRestorePoint(id: string): Promise<RestorePoint> {
-    return Promise.resolve(this.catalog.getRestorePoint(id));
+  async getRestorePoint(id: string): Promise<RestorePoint> {
+    return this.catalog.getRestorePoint(id);
   }
 
   async restore(req: RestoreRequest): Promise<RestoreResult> {
@@ -342,16 +340,16 @@ export class Engine implements TernService {
 
   // ---------- actions ----------
 
-  listActions(filter: ActionFilter = {}): Promise<ActionRun[]> {
-    return Promise.resolve(this.catalog.listActions(filter));
+  async listActions(filter: ActionFilter = {}): Promise<ActionRun[]> {
+    return this.catalog.listActions(filter);
   }
 
-  getAction(id: string): Promise<ActionRun> {
-    return Promise.resolve(this.catalog.getAction(id));
+  async getAction(id: string): Promise<ActionRun> {
+    return this.catalog.getAction(id);
   }
 
-  cancelAction(id: string): Promise<ActionRun> {
-    return Promise.resolve(this.runner.cancel(id));
+  async cancelAction(id: string): Promise<ActionRun> {
+    return this.runner.cancel(id);
   }
 
   waitForAction(id: string, opts: { signal?: AbortSignal } = {}): Promise<ActionRun> {
@@ -386,7 +384,7 @@ export class Engine implements TernService {
 
   // ---------- metrics ----------
 
-  metrics(): Promise<MetricsSnapshot> {
+  async metrics(): Promise<MetricsSnapshot> {
     const now = this.clock.now();
     const stats = this.catalog.actionStats();
     const actions: MetricsSnapshot['actions'] = [];
@@ -421,7 +419,7 @@ export class Engine implements TernService {
       }
     }
     const policies = this.catalog.listPolicies();
-    return Promise.resolve({
+    return {
       at: now.toISOString(),
       actions,
       durations,
@@ -433,15 +431,15 @@ export class Engine implements TernService {
         ageSeconds: Math.max(0, (now.getTime() - new Date(n.at).getTime()) / 1000),
       })),
       policies: { total: policies.length, paused: policies.filter((p) => p.policy.paused).length },
-    });
+    };
   }
 
   // ---------- lifecycle ----------
 
-  start(): Promise<void> {
+  async start(): Promise<void> {
     this.lastRecovery = this.runner.recover();
     if (this.useScheduler) this.scheduler.start();
-    return Promise.resolve();
+    return;
   }
 
   async close(): Promise<void> {
