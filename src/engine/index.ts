@@ -1,4 +1,6 @@
 /** Public surface of the engine: the TernService facade and what exporters need to plug in. */
+// Registers the 'snapshot-copy' exporter (cross-region copy, src/engine/dr/).
+import './dr/engine-exporter.ts';
 export type * from './service.ts';
 export { Engine, openEngine, platformConfig, type EngineOptions } from './engine.ts';
 export {
