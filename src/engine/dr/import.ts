@@ -113,20 +113,18 @@ async function checkData(
     if (v.copy) {
       ctx.platform ??= await platformFor(stream, o.platform);
       if (!ctx.platform) throw new IntegrityError('the export details name no platform for the copies');
-      const copies = await ctx.platform.listSnapshots(
-        {
-          id: `${v.copy.region}/${v.volume}`,
-          region: v.copy.region,
-          name: v.volume,
-          sizeBytes: v.sizeBytes,
-          kind: v.kind,
-        },
-        o,
-      );
-      if (!copies.some((c) => c.id === v.copy?.id))
-        throw new NotFoundError(
-          `copied snapshot ${v.copy.id} of restore point ${rec.id} is not in region ${v.copy.region}`,
-        );
+      // Opening the copy proves it is complete (providers list or open only finished snapshots).
+      if (ctx.platform.openSnapshot) {
+        const r = await ctx.platform.openSnapshot(v.copy, o).catch((err: unknown) => {
+          throw new NotFoundError(
+            `copied snapshot ${v.copy?.id} of restore point ${rec.id} is not available`,
+            {
+              cause: err,
+            },
+          );
+        });
+        await r.close();
+      }
     }
   }
 }
