@@ -2,6 +2,7 @@
  * Maps an infra profile type to a Platform implementation. Adding a provider is one register line below.
  */
 import { InputError } from '../core/index.ts';
+import { AzurePlatform, parseAzureConfig } from './azure/index.ts';
 import { LocalPlatform } from './local/index.ts';
 import type { Platform } from './types.ts';
 
@@ -37,3 +38,5 @@ registerPlatform('local', (config) => {
   }
   return Promise.resolve(new LocalPlatform({ regions: out }));
 });
+
+registerPlatform('azure', (config) => Promise.resolve(new AzurePlatform(parseAzureConfig(config))));
