@@ -281,7 +281,37 @@ test('disaster: east region and state removed; west restores both paths byte for
   );
   const rep = drReport(await state.read());
   assert.ok(rep[0]?.paths.every((p) => p.restoreMs !== undefined && p.restoreMs >= 0));
+
+  // The same report through the CLI (tern dr report --json).
+  const cli = await runTern(['dr', 'report', '--site-dir', w.westState, '--site', 'west', '--json'], {
+    TERN_IMPORT_SECRET: SECRET,
+  });
+  const out = JSON.parse(cli) as {
+    app: string;
+    rpoSeconds: number;
+    paths: { path: string; restoreMs: number }[];
+  }[];
+  assert.equal(out[0]?.app, 'shop');
+  assert.ok(out[0]!.rpoSeconds >= 0);
+  assert.deepEqual(out[0]?.paths.map((p) => p.path).sort(), ['repository', 'snapshot-copy']);
+  assert.ok(out[0]?.paths.every((p) => p.restoreMs >= 0));
 });
+
+function runTern(args: string[], env: Record<string, string> = {}): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(NODE, [path.join(ROOT, 'src/cli/main.ts'), ...args], {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let o = '';
+    let e = '';
+    child.stdout.on('data', (d: Buffer) => (o += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (e += d.toString()));
+    child.on('exit', (code) =>
+      code === 0 ? resolve(o) : reject(new Error(`tern ${args.join(' ')} exited ${code}: ${e}${o}`)),
+    );
+  });
+}
 
 function runChild(args: string[], killAt: string): Promise<{ killed: boolean; out: string }> {
   return new Promise((resolve, reject) => {
@@ -365,18 +395,7 @@ test('a SIGKILLed import leaves no half-imported restore point, and the next imp
 });
 
 test('demo smoke: tern demo --size 32MiB --json prints the table fields with sane RPO/RTO', async () => {
-  const out = await new Promise<string>((resolve, reject) => {
-    const child = spawn(NODE, [path.join(ROOT, 'src/cli/main.ts'), 'demo', '--size', '32MiB', '--json'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let o = '';
-    let e = '';
-    child.stdout.on('data', (d: Buffer) => (o += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (e += d.toString()));
-    child.on('exit', (code) =>
-      code === 0 ? resolve(o) : reject(new Error(`demo exited ${code}: ${e}${o}`)),
-    );
-  });
+  const out = await runTern(['demo', '--size', '32MiB', '--json']);
   const r = JSON.parse(out) as {
     size: number;
     paths: {

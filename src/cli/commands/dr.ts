@@ -3,7 +3,13 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { AuthError, formatBytes, formatDuration, InputError } from '../../core/index.ts';
-import { DrStateStore, drReport, importRestorePoints, restoreAtDr } from '../../engine/dr/index.ts';
+import {
+  DrService,
+  DrStateStore,
+  drReport,
+  importRestorePoints,
+  restoreAtDr,
+} from '../../engine/dr/index.ts';
 import type { RestorePath } from '../../engine/dr/index.ts';
 import { printJson, printTable, progressPrinter } from '../output.ts';
 
@@ -133,7 +139,12 @@ export function registerDr(program: Command): void {
   withCommon(
     dr.command('report').description('per app and path: achieved RPO, export durations, RTO, 3-2-1'),
   ).action(async (o: Common) => {
-    const rep = drReport(await state(o).read());
+    // With the import secret, records already at the export locations but not imported yet count too.
+    const dir = o.siteDir ?? process.env.TERN_DR_SITE_DIR ?? '';
+    const sec = o.secretFile || process.env.TERN_IMPORT_SECRET ? await secret(o) : undefined;
+    const rep = sec
+      ? await new DrService({ site: o.site, stateDir: path.resolve(dir), importSecret: sec }).report()
+      : drReport(await state(o).read());
     if (o.json) return printJson(rep);
     const opt = (ms: number | undefined) => (ms === undefined ? '-' : formatDuration(ms));
     printTable(

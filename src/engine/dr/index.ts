@@ -24,3 +24,6 @@ export {
   type RestoreRun,
   type SourceState,
 } from './state.ts';
+export { DrService, type DrServiceOptions } from './service.ts';
+export { publishExportDetails, type PublishOptions, type PublishResult } from './engine-publish.ts';
+export { snapshotCopyExporter } from './engine-exporter.ts';
