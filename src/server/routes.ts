@@ -4,7 +4,6 @@
  */
 import {
   ApplicationSchema,
-  NotFoundError,
   InputError,
   parseInput,
   PolicySchema,
@@ -15,7 +14,7 @@ import type { TernService } from '../engine/service.ts';
 import { API } from './constants.ts';
 import { renderMetrics } from './metrics.ts';
 import { buildOpenApi } from './openapi.ts';
-import type { Handler, RequestContext, Router, RouteSpec } from './router.ts';
+import type { RequestContext, Router, RouteSpec } from './router.ts';
 import {
   ActionQuerySchema,
   PolicyPatchSchema,
@@ -34,31 +33,6 @@ export interface RouteDeps {
 
 function queryObject(q: URLSearchParams): Record<string, string> {
   return Object.fromEntries(q.entries());
-}
-
-/**
- * A create body that names something missing (an unknown profile or app) is a bad request, not a missing
- * resource: the collection exists. Rewrites NotFoundError into InputError with field details.
- */
-function referenceErrors(handler: Handler, field: (err: NotFoundError) => string): Handler {
-  return async (ctx) => {
-    try {
-      return await handler(ctx);
-    } catch (err) {
-      if (!(err instanceof NotFoundError)) throw err;
-      const fields = (err.details.fields as { path: string; message: string }[] | undefined) ?? [
-        { path: field(err), message: err.message },
-      ];
-      throw new InputError(err.message, { cause: err, details: { ...err.details, fields } });
-    }
-  };
-}
-
-function referenceField(err: NotFoundError, candidates: string[]): string {
-  const f = err.details.field;
-  if (typeof f === 'string') return f;
-  const m = err.message.toLowerCase();
-  return candidates.find((c) => m.includes(c.toLowerCase().replace(/profile$/, ' profile'))) ?? '(root)';
 }
 
 export function registerRoutes(router: Router, deps: RouteDeps): void {
@@ -116,13 +90,10 @@ export function registerRoutes(router: Router, deps: RouteDeps): void {
       body: 'Application',
       responses: { 201: 'Application' },
     },
-    handler: referenceErrors(
-      async (ctx) => ({
-        status: 201,
-        body: await service.createApp(parseInput(ApplicationSchema, ctx.body, 'application')),
-      }),
-      () => 'infraProfile',
-    ),
+    handler: async (ctx) => ({
+      status: 201,
+      body: await service.createApp(parseInput(ApplicationSchema, ctx.body, 'application')),
+    }),
   });
   add({
     method: 'GET',
@@ -214,13 +185,10 @@ export function registerRoutes(router: Router, deps: RouteDeps): void {
     method: 'POST',
     path: `${API}/policies`,
     doc: { summary: 'create a policy', tag: 'policies', body: 'PolicyInput', responses: { 201: 'Policy' } },
-    handler: referenceErrors(
-      async (ctx) => ({
-        status: 201,
-        body: await service.createPolicy(parseInput(PolicySchema, ctx.body, 'policy')),
-      }),
-      (err) => referenceField(err, ['app', 'export.locationProfile']),
-    ),
+    handler: async (ctx) => ({
+      status: 201,
+      body: await service.createPolicy(parseInput(PolicySchema, ctx.body, 'policy')),
+    }),
   });
   add({
     method: 'GET',
