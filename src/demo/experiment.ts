@@ -74,6 +74,8 @@ export interface DemoResult {
   paths: DemoPathResult[];
   report: AppReport[];
   kept?: string;
+  /** Shell commands that remove kept sites. */
+  cleanup?: string[];
 }
 
 const APP = 'shop';
@@ -82,12 +84,14 @@ const VOLUME = 'data';
 export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   const log = o.log ?? (() => {});
   if (o.platform !== 'local') {
-    if (o.platform === 'azure' && !platformTypes().includes('azure'))
+    if (o.platform === 'azure')
       throw new InputError(
-        'the Azure path of the demo needs the Azure emulator (Azurite + the compute emulator, src/platforms/azure), which is not in this build; run with --platform local',
+        platformTypes().includes('azure')
+          ? 'the Azure path of the demo needs the Azure emulators (Azurite for page blobs + the compute emulator in test/); they are not wired into the demo yet: run with --platform local'
+          : 'the Azure path of the demo needs the Azure emulators (Azurite + the compute emulator) and the azure platform (src/platforms/azure), which is not in this build: run with --platform local',
       );
     throw new InputError(
-      `the demo runs on --platform local${platformTypes().includes(o.platform) ? '' : ` (unknown platform "${o.platform}")`}`,
+      `the demo runs on --platform local (or azure with its emulator), not "${o.platform}"`,
     );
   }
   const notices: string[] = [];
@@ -249,6 +253,12 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     if (o.keep) {
       for (const s of sites) keepSite(s);
       out.kept = work;
+      out.cleanup = [
+        ...sites
+          .filter((s) => s.loop && fs.existsSync(s.path))
+          .map((s) => `umount ${s.path} && losetup -d ${s.device}`),
+        `rm -rf ${work}`,
+      ];
     }
     return out;
   } finally {

@@ -13,6 +13,8 @@ export interface Site {
   path: string;
   fsType: string;
   loop: boolean;
+  /** Loop device backing the site, when there is one. */
+  device?: string;
   destroy(): void;
 }
 
@@ -80,6 +82,7 @@ export function createSite(
         path: dir,
         fsType: 'btrfs',
         loop: true,
+        device,
         destroy: () => {
           if (!live.delete(site)) return;
           let ok = false;

@@ -79,7 +79,10 @@ export function registerDemo(program: Command): void {
             `${a.app}: 3-2-1 ${a.rule321.ok ? 'ok' : 'NOT met'} (${a.rule321.copies} copies, ${a.rule321.media} media, ${a.rule321.offsite} off-site)`,
         );
         process.stdout.write(`\n${rule.join('\n')}\n`);
-        if (r.kept) process.stdout.write(`sites kept in ${r.kept}\n`);
+        if (r.kept)
+          process.stdout.write(
+            `sites kept in ${r.kept}; to remove them:\n  ${(r.cleanup ?? []).join('\n  ')}\n`,
+          );
         for (const n of r.notices) process.stdout.write(`notice: ${n}\n`);
       },
     );
