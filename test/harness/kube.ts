@@ -12,7 +12,8 @@ import fsp from 'node:fs/promises';
 import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
-import { ApiextensionsV1Api, KubeConfig, type V1CustomResourceDefinition } from '@kubernetes/client-node';
+import { KubeConfig } from '@kubernetes/client-node';
+import { KubeClient, KubeTypes, type KubeObject } from '../../src/platforms/kubernetes/index.ts';
 import YAML from 'yaml';
 import { freePort, waitForPort } from './ports.ts';
 
@@ -206,23 +207,28 @@ export async function startKube(): Promise<Kube> {
   }
 }
 
-/** Creates every CRD in a directory of YAML files and waits until each is Established. */
+/**
+ * Creates every CRD in a directory of YAML files and waits until each is Established. Plain JSON on the
+ * wire: client-node's typed CRD model would drop keys it spells differently (x-kubernetes-validations).
+ */
 export async function installCrdDir(kc: KubeConfig, dir: string): Promise<string[]> {
-  const api = kc.makeApiClient(ApiextensionsV1Api);
+  const client = new KubeClient(kc);
   const names: string[] = [];
   for (const f of (await fsp.readdir(dir)).filter((n) => /\.ya?ml$/.test(n)).sort()) {
     for (const doc of YAML.parseAllDocuments(await fsp.readFile(path.join(dir, f), 'utf8'))) {
-      const crd = doc.toJS() as V1CustomResourceDefinition | null;
+      const crd = doc.toJS() as KubeObject | null;
       if (!crd || crd.kind !== 'CustomResourceDefinition') continue;
-      await api.createCustomResourceDefinition({ body: crd });
-      names.push(crd.metadata!.name!);
+      await client.create(KubeTypes.crd, crd);
+      names.push(crd.metadata.name);
     }
   }
   const deadline = Date.now() + 30_000;
   for (const name of names) {
     for (;;) {
-      const crd = await api.readCustomResourceDefinition({ name });
-      if (crd.status?.conditions?.some((c) => c.type === 'Established' && c.status === 'True')) break;
+      const crd = await client.get(KubeTypes.crd, undefined, name);
+      const conds = (crd['status'] as { conditions?: { type: string; status: string }[] } | undefined)
+        ?.conditions;
+      if (conds?.some((c) => c.type === 'Established' && c.status === 'True')) break;
       if (Date.now() > deadline) throw new Error(`CRD ${name} not established after 30 s`);
       await new Promise((r) => setTimeout(r, 100));
     }
