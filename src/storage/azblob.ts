@@ -22,6 +22,7 @@ import {
   parseRetryAfter,
   RETRYABLE_STATUS,
   withRetry,
+  type RetryContext,
   type RetryPolicy,
   type RetryVerdict,
 } from './retry.ts';
@@ -45,12 +46,16 @@ export interface AzureBlobStoreOptions {
   /** Blocks of one object in flight (default 4). */
   blockConcurrency?: number;
   retry?: Partial<RetryPolicy>;
-  /** Time limit of one request in ms (default 5 min); a timeout is retried. */
-  tryTimeoutMs?: number;
+  /** Time limit of one request in ms (default 60 s), plus 4 s per MiB of body; a timeout is retried. */
+  requestTimeoutMs?: number;
 }
 
 const MiB = 1024 * 1024;
 const MAX_BLOCKS = 50_000;
+/** Time allowed per MiB carried on top of requestTimeoutMs (a floor of 256 KiB/s before an attempt is given up). */
+const MS_PER_MIB = 4000;
+/** `get` does not know the size: allow for a pack (16 MiB). */
+const GET_BYTES_GUESS = 16 * MiB;
 
 export class AzureBlobStore implements ObjectStore {
   readonly location: string;
@@ -60,6 +65,7 @@ export class AzureBlobStore implements ObjectStore {
   private readonly blockSize: number;
   private readonly blockConcurrency: number;
   private readonly retry: Partial<RetryPolicy> | undefined;
+  private readonly requestTimeoutMs: number;
   private readonly secrets: string[];
   private containerReady: Promise<void> | undefined;
 
@@ -74,13 +80,15 @@ export class AzureBlobStore implements ObjectStore {
     this.blockSize = o.blockSize ?? 8 * MiB;
     this.blockConcurrency = o.blockConcurrency ?? 4;
     this.retry = o.retry;
+    this.requestTimeoutMs = o.requestTimeoutMs ?? 60_000;
     const sas = o.sas?.replace(/^\?/, '');
     this.secrets = [o.key, sas, o.connectionString].filter((s): s is string => !!s);
     const endpoint = (o.endpoint ?? `https://${o.account}.blob.core.windows.net`).replace(/\/+$/, '');
     this.location = `azblob://${o.account}/${o.container}/${p}${o.endpoint ? ` (${safeEndpoint(endpoint)})` : ''}`;
     // One retry policy for every backend lives in retry.ts.
     const pipeline: StoragePipelineOptions = {
-      retryOptions: { maxTries: 1, tryTimeoutInMs: o.tryTimeoutMs ?? 5 * 60_000 },
+      // tryTimeoutInMs is only a server-side limit: the client-side one is withRetry's.
+      retryOptions: { maxTries: 1 },
     };
     let service: BlobServiceClient;
     if (o.connectionString) {
@@ -122,8 +130,21 @@ export class AzureBlobStore implements ObjectStore {
     );
   }
 
-  private retried<T>(fn: () => Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-    return withRetry(fn, classify, { signal, policy: this.retry });
+  /** One request under the shared retry policy, with a per-attempt time limit that grows with the bytes carried. */
+  private retried<T>(
+    fn: (signal: AbortSignal | undefined) => Promise<T>,
+    signal: AbortSignal | undefined,
+    bytes = 0,
+  ): Promise<T> {
+    return withRetry((_attempt, attemptSignal) => fn(attemptSignal), classify, this.ctx(signal, bytes));
+  }
+
+  private ctx(signal: AbortSignal | undefined, bytes: number): RetryContext {
+    return {
+      signal,
+      policy: this.retry,
+      timeoutMs: this.requestTimeoutMs + Math.ceil(bytes / MiB) * MS_PER_MIB,
+    };
   }
 
   async get(key: string, opts?: RunOptions): Promise<Buffer> {
@@ -152,10 +173,14 @@ export class AzureBlobStore implements ObjectStore {
     throwIfAborted(opts?.signal);
     const blob = this.blob(key);
     try {
-      return await this.retried(async () => {
-        const r = await blob.download(offset, count, { abortSignal: opts?.signal, maxRetryRequests: 0 });
-        return r.readableStreamBody ? await collect(r.readableStreamBody) : Buffer.alloc(0);
-      }, opts?.signal);
+      return await this.retried(
+        async (signal) => {
+          const r = await blob.download(offset, count, { abortSignal: signal, maxRetryRequests: 0 });
+          return r.readableStreamBody ? await collect(r.readableStreamBody) : Buffer.alloc(0);
+        },
+        opts?.signal,
+        count ?? GET_BYTES_GUESS,
+      );
     } catch (err) {
       throw this.fail(op, key, err, opts);
     }
@@ -189,16 +214,17 @@ export class AzureBlobStore implements ObjectStore {
   ): Promise<void> {
     try {
       await this.retried(
-        () =>
+        (signal) =>
           blob
             .upload(data, data.length, {
-              abortSignal: opts?.signal,
+              abortSignal: signal,
               ...(opts?.ifNoneMatch ? { conditions: { ifNoneMatch: '*' } } : {}),
             })
             .catch((err: unknown) => {
               throw conflictOr(err, !!opts?.ifNoneMatch, key, this.location);
             }),
         opts?.signal,
+        data.length,
       );
     } catch (err) {
       if (err instanceof ConflictError || isContainerNotFound(err)) throw err;
@@ -224,24 +250,21 @@ export class AzureBlobStore implements ObjectStore {
       await mapLimit(
         offsets,
         this.blockConcurrency,
-        async (off, i, signal) => {
+        async (off, i, blocksSignal) => {
           const body = data.subarray(off, Math.min(data.length, off + blockSize));
-          await withRetry(
-            () => blob.stageBlock(ids[i]!, body, body.length, { abortSignal: signal }),
-            classify,
-            {
-              signal,
-              policy: this.retry,
-            },
+          await this.retried(
+            (signal) => blob.stageBlock(ids[i]!, body, body.length, { abortSignal: signal }),
+            blocksSignal,
+            body.length,
           );
         },
         opts?.signal,
       );
       await this.retried(
-        () =>
+        (signal) =>
           blob
             .commitBlockList(ids, {
-              abortSignal: opts?.signal,
+              abortSignal: signal,
               ...(opts?.ifNoneMatch ? { conditions: { ifNoneMatch: '*' } } : {}),
             })
             .catch((err: unknown) => {
@@ -258,8 +281,8 @@ export class AzureBlobStore implements ObjectStore {
 
   /** Creates the container once per store (repo init on a fresh account); an existing one is fine. */
   private ensureContainer(opts?: RunOptions): Promise<void> {
-    this.containerReady ??= this.retried(async () => {
-      await this.container.createIfNotExists({ abortSignal: opts?.signal });
+    this.containerReady ??= this.retried(async (signal) => {
+      await this.container.createIfNotExists({ abortSignal: signal });
     }, opts?.signal).catch((err: unknown) => {
       this.containerReady = undefined;
       throw this.fail('create container', '', err, opts);
@@ -271,7 +294,7 @@ export class AzureBlobStore implements ObjectStore {
     throwIfAborted(opts?.signal);
     const blob = this.blob(key);
     try {
-      const p = await this.retried(() => blob.getProperties({ abortSignal: opts?.signal }), opts?.signal);
+      const p = await this.retried((signal) => blob.getProperties({ abortSignal: signal }), opts?.signal);
       return { key, size: p.contentLength ?? 0, ...(p.lastModified ? { modified: p.lastModified } : {}) };
     } catch (err) {
       if (failureOf(err).status === 404) return undefined;
@@ -287,9 +310,9 @@ export class AzureBlobStore implements ObjectStore {
       const continuation = token;
       let page;
       try {
-        page = await this.retried(async () => {
+        page = await this.retried(async (signal) => {
           const it = this.container
-            .listBlobsFlat({ prefix: this.prefix + prefix, abortSignal: opts?.signal })
+            .listBlobsFlat({ prefix: this.prefix + prefix, abortSignal: signal })
             // 1000 like S3, so pagination is exercised by the same contract test on both.
             .byPage({ maxPageSize: 1000, ...(continuation ? { continuationToken: continuation } : {}) });
           const r = await it.next();
@@ -316,7 +339,7 @@ export class AzureBlobStore implements ObjectStore {
     throwIfAborted(opts?.signal);
     const blob = this.blob(key);
     try {
-      await this.retried(() => blob.delete({ abortSignal: opts?.signal }), opts?.signal);
+      await this.retried((signal) => blob.delete({ abortSignal: signal }), opts?.signal);
     } catch (err) {
       if (failureOf(err).status === 404) return;
       throw this.fail('delete', key, err, opts);
@@ -356,7 +379,7 @@ function classify(err: unknown): RetryVerdict {
     (f.status !== undefined && RETRYABLE_STATUS.has(f.status)) ||
     (f.code !== undefined && RETRYABLE_CODES.has(f.code)) ||
     netErrorCode(err) !== undefined ||
-    // A per-try timeout of the pipeline (the caller's own abort is checked first by withRetry).
+    // An abort that is not the caller's (withRetry checks that first): a socket torn down under the SDK.
     (err as { name?: string } | null)?.name === 'AbortError';
   const headers = (err as { response?: { headers?: { get(name: string): string | undefined } } } | null)
     ?.response?.headers;

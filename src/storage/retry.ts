@@ -32,6 +32,11 @@ export interface RetryVerdict {
 
 export interface RetryContext {
   signal?: AbortSignal;
+  /**
+   * Time limit of one attempt: its signal fires after this long and the attempt counts as a retryable failure.
+   * The SDKs' own timers do not cover this (smithy's only warns by default, Azure's is a server-side limit).
+   */
+  timeoutMs?: number;
   policy?: Partial<RetryPolicy>;
   /** Called before each backoff sleep (logging, metrics, tests). */
   onRetry?: (info: { attempt: number; delayMs: number; error: unknown }) => void;
@@ -108,18 +113,26 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
  * The last error is thrown as is: callers map it to a typed error once.
  */
 export async function withRetry<T>(
-  fn: (attempt: number) => Promise<T>,
+  fn: (attempt: number, signal: AbortSignal | undefined) => Promise<T>,
   classify: (err: unknown) => RetryVerdict,
   ctx: RetryContext = {},
 ): Promise<T> {
   const policy: RetryPolicy = { ...DEFAULT_RETRY, ...ctx.policy };
   for (let attempt = 1; ; attempt++) {
     if (ctx.signal?.aborted) throw new CancelledError('operation cancelled', { cause: ctx.signal.reason });
+    const timeout = ctx.timeoutMs ? AbortSignal.timeout(ctx.timeoutMs) : undefined;
+    const signal = timeout && ctx.signal ? AbortSignal.any([ctx.signal, timeout]) : (timeout ?? ctx.signal);
     try {
-      return await fn(attempt);
-    } catch (err) {
+      return await fn(attempt, signal);
+    } catch (caught) {
       if (ctx.signal?.aborted) throw new CancelledError('operation cancelled', { cause: ctx.signal.reason });
-      const verdict = classify(err);
+      const timedOut = timeout?.aborted === true;
+      const err = timedOut
+        ? Object.assign(new Error(`no answer within ${ctx.timeoutMs} ms`, { cause: caught }), {
+            code: 'ETIMEDOUT',
+          })
+        : caught;
+      const verdict = timedOut ? { retryable: true } : classify(err);
       if (!verdict.retryable || attempt >= policy.maxAttempts) throw err;
       const delayMs = backoffDelay(attempt, policy, verdict.retryAfterMs);
       ctx.onRetry?.({ attempt, delayMs, error: err });

@@ -26,6 +26,7 @@ import {
   parseRetryAfter,
   RETRYABLE_STATUS,
   withRetry,
+  type RetryContext,
   type RetryPolicy,
   type RetryVerdict,
 } from './retry.ts';
@@ -48,12 +49,16 @@ export interface S3StoreOptions {
   /** Sockets per client (default 32): packs, parts and ranged reads run in parallel. */
   maxSockets?: number;
   retry?: Partial<RetryPolicy>;
-  /** Idle socket timeout per request in ms (default 120 s); a timeout is retried. */
+  /** Time limit of one request in ms (default 60 s), plus 4 s per MiB of body; a timeout is retried. */
   requestTimeoutMs?: number;
 }
 
 const MiB = 1024 * 1024;
 const MAX_PARTS = 10_000;
+/** Time allowed per MiB carried on top of requestTimeoutMs (a floor of 256 KiB/s before an attempt is given up). */
+const MS_PER_MIB = 4000;
+/** `get` does not know the size: allow for a pack (16 MiB). */
+const GET_BYTES_GUESS = 16 * MiB;
 
 export class S3Store implements ObjectStore {
   readonly location: string;
@@ -65,6 +70,7 @@ export class S3Store implements ObjectStore {
   private readonly partSize: number;
   private readonly partConcurrency: number;
   private readonly retry: Partial<RetryPolicy> | undefined;
+  private readonly requestTimeoutMs: number;
   private readonly secrets: string[];
   private bucketReady: Promise<void> | undefined;
 
@@ -80,6 +86,7 @@ export class S3Store implements ObjectStore {
     this.partSize = Math.max(5 * MiB, o.partSize ?? 8 * MiB);
     this.partConcurrency = o.partConcurrency ?? 4;
     this.retry = o.retry;
+    this.requestTimeoutMs = o.requestTimeoutMs ?? 60_000;
     this.secrets = [o.credentials?.secretAccessKey, o.credentials?.sessionToken].filter(
       (s): s is string => !!s,
     );
@@ -89,8 +96,8 @@ export class S3Store implements ObjectStore {
       // One retry policy for every backend lives in retry.ts.
       maxAttempts: 1,
       requestHandler: {
+        // Whole-request time limits are withRetry's (smithy's requestTimeout only logs a warning by default).
         connectionTimeout: 10_000,
-        requestTimeout: o.requestTimeoutMs ?? 120_000,
         httpAgent: { keepAlive: true, maxSockets: o.maxSockets ?? 32 },
         httpsAgent: { keepAlive: true, maxSockets: o.maxSockets ?? 32 },
       },
@@ -112,12 +119,22 @@ export class S3Store implements ObjectStore {
     key: string,
     fn: (signal: AbortSignal | undefined) => Promise<T>,
     opts?: RunOptions,
+    bytes = 0,
   ): Promise<T> {
     try {
-      return await withRetry(() => fn(opts?.signal), classify, { signal: opts?.signal, policy: this.retry });
+      return await withRetry((_attempt, signal) => fn(signal), classify, this.ctx(opts?.signal, bytes));
     } catch (err) {
       throw this.fail(op, key, err, opts);
     }
+  }
+
+  /** Retry context whose per-attempt time limit grows with the bytes the request carries. */
+  private ctx(signal: AbortSignal | undefined, bytes: number): RetryContext {
+    return {
+      signal,
+      policy: this.retry,
+      timeoutMs: this.requestTimeoutMs + Math.ceil(bytes / MiB) * MS_PER_MIB,
+    };
   }
 
   private fail(op: string, key: string, err: unknown, opts?: RunOptions): Error {
@@ -140,6 +157,7 @@ export class S3Store implements ObjectStore {
         return r.Body ? Buffer.from(await r.Body.transformToByteArray()) : Buffer.alloc(0);
       },
       opts,
+      GET_BYTES_GUESS,
     );
   }
 
@@ -162,6 +180,7 @@ export class S3Store implements ObjectStore {
           return r.Body ? Buffer.from(await r.Body.transformToByteArray()) : Buffer.alloc(0);
         },
         opts,
+        length,
       );
     } catch (err) {
       // A range that starts at or past the end: like a short read of a file, not an error.
@@ -194,7 +213,7 @@ export class S3Store implements ObjectStore {
   private async putSingle(key: string, objectKey: string, data: Buffer, opts?: PutOptions): Promise<void> {
     try {
       await withRetry(
-        () =>
+        (_attempt, signal) =>
           this.client
             .send(
               new PutObjectCommand({
@@ -204,13 +223,13 @@ export class S3Store implements ObjectStore {
                 ContentLength: data.length,
                 ...(opts?.ifNoneMatch ? { IfNoneMatch: '*' } : {}),
               }),
-              { abortSignal: opts?.signal },
+              { abortSignal: signal },
             )
             .catch((err: unknown) => {
               throw conflictOr(err, key, this.location);
             }),
         classify,
-        { signal: opts?.signal, policy: this.retry },
+        this.ctx(opts?.signal, data.length),
       );
     } catch (err) {
       if (err instanceof ConflictError || isNoSuchBucket(err)) throw err;
@@ -223,12 +242,12 @@ export class S3Store implements ObjectStore {
     let uploadId: string | undefined;
     try {
       const created = await withRetry(
-        () =>
+        (_attempt, signal) =>
           this.client.send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: objectKey }), {
-            abortSignal: opts?.signal,
+            abortSignal: signal,
           }),
         classify,
-        { signal: opts?.signal, policy: this.retry },
+        this.ctx(opts?.signal, 0),
       );
       uploadId = created.UploadId;
       if (!uploadId) throw new Error('CreateMultipartUpload returned no UploadId');
@@ -238,10 +257,10 @@ export class S3Store implements ObjectStore {
       const etags = await mapLimit(
         offsets,
         this.partConcurrency,
-        async (off, i, signal) => {
+        async (off, i, partsSignal) => {
           const body = data.subarray(off, Math.min(data.length, off + partSize));
           const r = await withRetry(
-            () =>
+            (_attempt, signal) =>
               this.client.send(
                 new UploadPartCommand({
                   Bucket: this.bucket,
@@ -254,14 +273,14 @@ export class S3Store implements ObjectStore {
                 { abortSignal: signal },
               ),
             classify,
-            { signal, policy: this.retry },
+            this.ctx(partsSignal, body.length),
           );
           return r.ETag ?? '';
         },
         opts?.signal,
       );
       await withRetry(
-        () =>
+        (_attempt, signal) =>
           this.client
             .send(
               new CompleteMultipartUploadCommand({
@@ -271,13 +290,13 @@ export class S3Store implements ObjectStore {
                 MultipartUpload: { Parts: etags.map((ETag, i) => ({ ETag, PartNumber: i + 1 })) },
                 ...(opts?.ifNoneMatch ? { IfNoneMatch: '*' } : {}),
               }),
-              { abortSignal: opts?.signal },
+              { abortSignal: signal },
             )
             .catch((err: unknown) => {
               throw conflictOr(err, key, this.location);
             }),
         classify,
-        { signal: opts?.signal, policy: this.retry },
+        this.ctx(opts?.signal, data.length),
       );
       uploadId = undefined;
     } catch (err) {
@@ -330,12 +349,12 @@ export class S3Store implements ObjectStore {
     throwIfAborted(opts?.signal);
     try {
       const r = await withRetry(
-        () =>
+        (_attempt, signal) =>
           this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.k(key) }), {
-            abortSignal: opts?.signal,
+            abortSignal: signal,
           }),
         classify,
-        { signal: opts?.signal, policy: this.retry },
+        this.ctx(opts?.signal, 0),
       );
       return { key, size: r.ContentLength ?? 0, ...(r.LastModified ? { modified: r.LastModified } : {}) };
     } catch (err) {
@@ -353,17 +372,17 @@ export class S3Store implements ObjectStore {
       let page;
       try {
         page = await withRetry(
-          () =>
+          (_attempt, signal) =>
             this.client.send(
               new ListObjectsV2Command({
                 Bucket: this.bucket,
                 Prefix: full,
                 ...(continuation ? { ContinuationToken: continuation } : {}),
               }),
-              { abortSignal: opts?.signal },
+              { abortSignal: signal },
             ),
           classify,
-          { signal: opts?.signal, policy: this.retry },
+          this.ctx(opts?.signal, 0),
         );
       } catch (err) {
         if (isNoSuchBucket(err)) return;
@@ -385,12 +404,12 @@ export class S3Store implements ObjectStore {
     throwIfAborted(opts?.signal);
     try {
       await withRetry(
-        () =>
+        (_attempt, signal) =>
           this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.k(key) }), {
-            abortSignal: opts?.signal,
+            abortSignal: signal,
           }),
         classify,
-        { signal: opts?.signal, policy: this.retry },
+        this.ctx(opts?.signal, 0),
       );
     } catch (err) {
       // S3 answers 204 for a missing key; some compatible servers answer 404, and a missing bucket holds nothing.
@@ -452,7 +471,7 @@ function classify(err: unknown): RetryVerdict {
     (f.status !== undefined && RETRYABLE_STATUS.has(f.status)) ||
     (f.code !== undefined && RETRYABLE_CODES.has(f.code)) ||
     netErrorCode(err) !== undefined ||
-    // A per-request timeout from the HTTP handler (not the caller's signal: withRetry checks that first).
+    // A timeout of the HTTP handler, or an abort that is not the caller's (withRetry checks that first).
     (err as { name?: string } | null)?.name === 'TimeoutError' ||
     (err as { name?: string } | null)?.name === 'AbortError';
   const retryAfterMs = parseRetryAfter(headerOf(err, 'retry-after'));
