@@ -27,13 +27,37 @@ export interface BlobWriter {
    * The buffer must not be modified by the caller after the call.
    */
   saveBlob(type: BlobType, plaintext: Buffer, opts?: RunOptions): Promise<SaveResult>;
+  /**
+   * Optional: a buffer of `length` bytes to read the next blob into, recycled from blobs already processed
+   * (saves page faults and garbage collection on large sequential sources). Its content is undefined.
+   */
+  allocBlobBuffer?(length: number): Buffer;
   /** Is the blob already in the repository (or pending in this session)? */
   hasBlob(id: BlobId): boolean;
 }
 
+export interface LoadOptions extends RunOptions {
+  /**
+   * Recompute the keyed hash of the plaintext and compare it with the id (default true for `loadBlob`,
+   * false for `loadMany`). Without it the blob is still authenticated: AES-GCM's tag covers the id
+   * (associated data), so only a holder of the key could have sealed these bytes under this id.
+   */
+  verify?: boolean;
+}
+
 export interface BlobReader {
   /** Load, authenticate, decrypt, decompress and verify the hash of one blob. IntegrityError names the pack. */
-  loadBlob(id: BlobId, opts?: RunOptions): Promise<Buffer>;
+  loadBlob(id: BlobId, opts?: LoadOptions): Promise<Buffer>;
+  /**
+   * Optional bulk load for restores: every id once, in storage order (adjacent blobs of a pack read in one
+   * ranged read, several reads in flight), `onBlob` called as each blob is ready and awaited before its
+   * memory is released. `plain` is only valid during the call.
+   */
+  loadMany?(
+    ids: BlobId[],
+    onBlob: (id: BlobId, plain: Buffer) => Promise<void>,
+    opts?: LoadOptions,
+  ): Promise<void>;
   /** Plaintext length of a blob without loading it. */
   blobSize(id: BlobId): number | undefined;
 }
@@ -84,9 +108,18 @@ export interface TreeBlob {
 export interface ImageMap {
   size: number;
   chunkSize: number;
-  /** One entry per chunk index; null = all-zero chunk (not stored, restored as a hole). */
-  chunks: (BlobId | null)[];
+  /**
+   * One entry per chunk index: a blob id (the whole chunk), null (an all-zero chunk, not stored, restored as
+   * a hole), or a list of extents that together cover the chunk in order (written by an incremental backup
+   * with changed ranges: unchanged parts point into the parent's blobs, changed parts are new small blobs).
+   */
+  chunks: ImageChunk[];
 }
+
+/** A piece of a chunk: `length` bytes taken at `from` of blob `blob` (null blob = zeros). */
+export type ImageExtent = [blob: BlobId | null, from: number, length: number];
+
+export type ImageChunk = BlobId | null | ImageExtent[];
 
 /** What a snapshot manifest points at. */
 export type SnapshotRoot = { kind: 'tree'; tree: BlobId } | { kind: 'image'; map: BlobId; size: number };

@@ -17,4 +17,11 @@ export {
   snapshotBlobs,
   type KeepPolicy,
 } from './maintenance.ts';
-export { backupImage, restoreImage, loadImageMap, parseRanges, DEFAULT_CHUNK_SIZE } from './image/index.ts';
+export {
+  backupImage,
+  restoreImage,
+  loadImageMap,
+  imageMapBlobs,
+  parseRanges,
+  DEFAULT_CHUNK_SIZE,
+} from './image/index.ts';

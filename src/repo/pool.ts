@@ -17,7 +17,25 @@ export type WorkerRequest =
       buf: ArrayBuffer;
       length: number;
       what: string;
-    };
+      verify: boolean;
+    }
+  | {
+      op: 'saveMany';
+      seq: number;
+      buf: ArrayBuffer;
+      blobs: { type: number; offset: number; length: number }[];
+    }
+  | { op: 'loadRun'; seq: number; buf: ArrayBuffer; blobs: RunBlob[]; what: string; verify: boolean };
+
+/** One blob of a `loadRun`: where its sealed bytes sit in the run buffer. */
+export interface RunBlob {
+  id: string;
+  type: number;
+  comp: number;
+  rawLength: number;
+  offset: number;
+  length: number;
+}
 
 export type WorkerResponse =
   | {
@@ -29,6 +47,10 @@ export type WorkerResponse =
       comp?: number;
       rawLength?: number;
       plain?: ArrayBuffer;
+      /** saveMany: per blob, in request order; `sealed` holds the sealed blobs back to back. */
+      ids?: string[];
+      comps?: number[];
+      lens?: number[];
     }
   | { seq: number; ok: false; error: string; integrity: boolean };
 

@@ -16,8 +16,16 @@ import {
   TernError,
 } from '../core/index.ts';
 import type { ObjectStore } from '../storage/index.ts';
-import type { BlobId, BlobReader, BlobType, BlobWriter, SaveResult, SnapshotManifest } from './api.ts';
-import { BlobIndex } from './blob-index.ts';
+import type {
+  BlobId,
+  BlobReader,
+  BlobType,
+  BlobWriter,
+  LoadOptions,
+  SaveResult,
+  SnapshotManifest,
+} from './api.ts';
+import { BlobIndex, type BlobEntry } from './blob-index.ts';
 import { openObject, sealObject, TYPE_DATA, TYPE_TREE, type MasterKey } from './crypto.ts';
 import {
   decodeIndex,
@@ -29,7 +37,7 @@ import {
 } from './format.ts';
 import { DEFAULT_KDF, makeKeyFile, parseKeyFile, unwrapKey } from './keys.ts';
 import { RepoLock } from './lock.ts';
-import { CryptoPool, ownArrayBuffer } from './pool.ts';
+import { CryptoPool, ownArrayBuffer, type RunBlob } from './pool.ts';
 
 export interface RepoConfig {
   version: 1;
@@ -51,8 +59,20 @@ const TARGET_PACK = 16 * 1024 * 1024;
 const MAX_BLOB = 64 * 1024 * 1024;
 /** Packs per incremental index object during a backup. */
 const PACKS_PER_INDEX = 4;
-const UPLOADS_IN_FLIGHT = 3;
-const WORKER_BYTES_IN_FLIGHT = 48 * 1024 * 1024;
+const UPLOADS_IN_FLIGHT = 2;
+const WORKER_BYTES_IN_FLIGHT = 24 * 1024 * 1024;
+/** Pack buffer: a full pack plus its largest usual last blob (image chunks are 1 MiB) and header. */
+const PACK_BUF = TARGET_PACK + 4 * 1024 * 1024;
+/** Blob read buffers kept for reuse (allocBlobBuffer). */
+const FREE_BLOB_BYTES = 64 * 1024 * 1024;
+/** Blobs up to SMALL_BLOB bytes go to the workers in batches of up to BATCH_BLOBS / BATCH_BYTES. */
+const SMALL_BLOB = 64 * 1024;
+const BATCH_BLOBS = 64;
+const BATCH_BYTES = 512 * 1024;
+/** loadMany: largest ranged read, largest gap read through, reads in flight. */
+const RUN_BYTES = 4 * 1024 * 1024;
+const RUN_GAP = 256 * 1024;
+const RUNS_IN_FLIGHT = 4;
 
 export function newId(bytes = 32): string {
   return crypto.randomBytes(bytes).toString('hex');
@@ -203,29 +223,107 @@ export class Repository implements BlobReader {
     return this.index.has(Buffer.from(id, 'hex'));
   }
 
-  async loadBlob(id: BlobId, opts: RunOptions = {}): Promise<Buffer> {
+  async loadBlob(id: BlobId, opts: LoadOptions = {}): Promise<Buffer> {
     throwIfAborted(opts.signal);
     const e = this.index.get(Buffer.from(id, 'hex'));
     if (!e)
       throw new IntegrityError(`blob ${id} is not in any index (missing data)`, { details: { blob: id } });
     const packId = this.index.packIds[e.pack]!;
     const what = packKey(packId);
+    const sealed = await this.readPackRange(what, e.offset, e.length, opts);
+    return this.openBlob(id, e.type, e.comp, e.rawLength, sealed, what, opts.verify ?? true);
+  }
+
+  private async readPackRange(
+    what: string,
+    offset: number,
+    length: number,
+    opts: RunOptions,
+  ): Promise<Buffer> {
     let sealed: Buffer;
     try {
-      sealed = await this.store.getRange(what, e.offset, e.length, opts);
+      sealed = await this.store.getRange(what, offset, length, opts);
     } catch (err) {
       if (err instanceof NotFoundError)
         throw new IntegrityError(`${what}: pack is missing`, { cause: err, details: { object: what } });
       throw err;
     }
-    if (sealed.length !== e.length)
+    if (sealed.length !== length)
       throw new IntegrityError(
-        `${what}: truncated (blob at ${e.offset} needs ${e.length} bytes, got ${sealed.length})`,
-        {
-          details: { object: what },
-        },
+        `${what}: truncated (blob at ${offset} needs ${length} bytes, got ${sealed.length})`,
+        { details: { object: what } },
       );
-    return this.openBlob(id, e.type, e.comp, e.rawLength, sealed, what);
+    return sealed;
+  }
+
+  /**
+   * Bulk load (BlobReader.loadMany): blobs sorted by pack and offset, neighbours merged into ranged reads of
+   * up to RUN_BYTES (gaps up to RUN_GAP are read through), RUNS_IN_FLIGHT reads at once, each run decrypted
+   * by one worker in one message.
+   */
+  async loadMany(
+    ids: BlobId[],
+    onBlob: (id: BlobId, plain: Buffer) => Promise<void>,
+    opts: LoadOptions = {},
+  ): Promise<void> {
+    const verify = opts.verify ?? false;
+    const items: { id: BlobId; e: BlobEntry }[] = [];
+    const seen = new Set<string>();
+    for (const id of ids) {
+      if (seen.has(id)) continue;
+      seen.add(id);
+      const e = this.index.get(Buffer.from(id, 'hex'));
+      if (!e)
+        throw new IntegrityError(`blob ${id} is not in any index (missing data)`, { details: { blob: id } });
+      items.push({ id, e });
+    }
+    items.sort((a, b) => a.e.pack - b.e.pack || a.e.offset - b.e.offset);
+    const runs: { pack: number; start: number; end: number; blobs: { id: BlobId; e: BlobEntry }[] }[] = [];
+    for (const it of items) {
+      const last = runs[runs.length - 1];
+      if (
+        last &&
+        last.pack === it.e.pack &&
+        it.e.offset >= last.end &&
+        it.e.offset - last.end <= RUN_GAP &&
+        it.e.offset + it.e.length - last.start <= RUN_BYTES
+      ) {
+        last.blobs.push(it);
+        last.end = it.e.offset + it.e.length;
+      } else runs.push({ pack: it.e.pack, start: it.e.offset, end: it.e.offset + it.e.length, blobs: [it] });
+    }
+    await mapLimit(runs, RUNS_IN_FLIGHT, async (run) => {
+      throwIfAborted(opts.signal);
+      const what = packKey(this.index.packIds[run.pack]!);
+      const sealed = await this.readPackRange(what, run.start, run.end - run.start, opts);
+      const ab = ownArrayBuffer(sealed);
+      const blobs: RunBlob[] = run.blobs.map(({ id, e }) => ({
+        id,
+        type: e.type,
+        comp: e.comp,
+        rawLength: e.rawLength,
+        offset: e.offset - run.start,
+        length: e.length,
+      }));
+      let r;
+      try {
+        r = await this.pool.run({ op: 'loadRun', seq: 0, buf: ab, blobs, what, verify }, [ab]);
+      } catch (err) {
+        if (err instanceof IntegrityError)
+          throw new IntegrityError(err.message, { details: { object: what } });
+        throw err;
+      }
+      const plain = Buffer.from(r.plain!);
+      throwIfAborted(opts.signal);
+      let pos = 0;
+      await Promise.all(
+        blobs.map((b) => {
+          const p = onBlob(b.id, plain.subarray(pos, pos + b.rawLength));
+          pos += b.rawLength;
+          return p;
+        }),
+      );
+    });
   }
 
   /** Decrypt + verify a sealed blob in the pool. */
@@ -236,11 +334,12 @@ export class Repository implements BlobReader {
     rawLength: number,
     sealed: Buffer,
     what: string,
+    verify = true,
   ): Promise<Buffer> {
     const ab = ownArrayBuffer(sealed);
     try {
       const r = await this.pool.run(
-        { op: 'load', seq: 0, id, type, comp, rawLength, buf: ab, length: sealed.length, what },
+        { op: 'load', seq: 0, id, type, comp, rawLength, buf: ab, length: sealed.length, what, verify },
         [ab],
       );
       return Buffer.from(r.plain!);
@@ -369,10 +468,19 @@ export class Repository implements BlobReader {
   }
 }
 
+/** The pack being filled: sealed blobs are copied into `buf` (recycled between packs) as they arrive. */
 interface OpenPack {
-  parts: Buffer[];
+  buf: Buffer;
   blobs: PackBlob[];
   size: number;
+}
+
+const NO_BUF = Buffer.alloc(0);
+
+interface SmallSealed {
+  id: string;
+  comp: number;
+  sealed: Buffer;
 }
 
 export interface SessionStats {
@@ -387,7 +495,19 @@ export class BackupSession implements BlobWriter {
   readonly repo: Repository;
   private readonly lock: RepoLock | undefined;
   private readonly pendingIds = new Set<string>();
-  private pack: OpenPack = { parts: [], blobs: [], size: 0 };
+  private pack: OpenPack = { buf: NO_BUF, blobs: [], size: 0 };
+  /** Recycled pack buffers (PACK_BUF bytes) and blob read buffers (by exact length). */
+  private readonly packBufs: Buffer[] = [];
+  private readonly freeBlobBufs = new Map<number, ArrayBuffer[]>();
+  private batch: {
+    type: number;
+    plain: Buffer;
+    resolve: (r: SmallSealed) => void;
+    reject: (e: unknown) => void;
+  }[] = [];
+  private batchBytes = 0;
+  private batchTimer: NodeJS.Immediate | undefined;
+  private freeBlobBytes = 0;
   private readonly uploads = new Set<Promise<void>>();
   private durable: IndexPack[] = [];
   private indexChain: Promise<void> = Promise.resolve();
@@ -444,6 +564,17 @@ export class BackupSession implements BlobWriter {
     this.workerBytes += len;
     try {
       const t = typeCode(type);
+      if (len <= SMALL_BLOB) {
+        // Small blobs travel to the workers in batches: one message and one copy per batch.
+        const r = await this.enqueueSmall(t, plaintext);
+        if (this.hasBlob(r.id)) return this.dup(r.id);
+        this.check();
+        this.addToPack(r.id, t, r.comp, len, r.sealed);
+        this.stats.blobsNew++;
+        this.stats.bytesAdded += r.sealed.length;
+        if (this.pack.size >= TARGET_PACK) this.finishPack();
+        return { id: r.id, stored: true, storedBytes: r.sealed.length };
+      }
       let ab = ownArrayBuffer(plaintext);
       const hashFirst = this.recentDup > 0.5;
       if (hashFirst) {
@@ -452,29 +583,23 @@ export class BackupSession implements BlobWriter {
           [ab],
         );
         const id = h.id!;
-        if (this.hasBlob(id)) return this.dup(id);
         ab = h.buf!;
+        if (this.hasBlob(id)) {
+          this.recycle(ab);
+          return this.dup(id);
+        }
       }
       const r = await this.repo.pool.run(
         { op: 'save', seq: 0, type: t, buf: ab, length: len, hashOnly: false },
         [ab],
       );
+      if (r.buf) this.recycle(r.buf);
       const id = r.id!;
       if (this.hasBlob(id)) return this.dup(id);
       this.check();
       this.recentDup *= 0.95;
       const sealed = Buffer.from(r.sealed!);
-      this.pendingIds.add(id);
-      this.pack.blobs.push({
-        id: Buffer.from(id, 'hex'),
-        type: t,
-        comp: r.comp!,
-        offset: this.pack.size,
-        length: sealed.length,
-        rawLength: len,
-      });
-      this.pack.parts.push(sealed);
-      this.pack.size += sealed.length;
+      this.addToPack(id, t, r.comp!, len, sealed);
       this.stats.blobsNew++;
       this.stats.bytesAdded += sealed.length;
       if (this.pack.size >= TARGET_PACK) this.finishPack();
@@ -483,6 +608,89 @@ export class BackupSession implements BlobWriter {
       this.workerBytes -= len;
       this.wake();
     }
+  }
+
+  private enqueueSmall(type: number, plain: Buffer): Promise<SmallSealed> {
+    return new Promise<SmallSealed>((resolve, reject) => {
+      this.batch.push({ type, plain, resolve, reject });
+      this.batchBytes += plain.length;
+      if (this.batch.length >= BATCH_BLOBS || this.batchBytes >= BATCH_BYTES) this.sendBatch();
+      else if (!this.batchTimer) this.batchTimer = setImmediate(() => this.sendBatch());
+    });
+  }
+
+  private sendBatch(): void {
+    if (this.batchTimer) clearImmediate(this.batchTimer);
+    this.batchTimer = undefined;
+    const items = this.batch;
+    if (items.length === 0) return;
+    this.batch = [];
+    this.batchBytes = 0;
+    let total = 0;
+    for (const it of items) total += it.plain.length;
+    const buf = Buffer.allocUnsafeSlow(total);
+    const blobs: { type: number; offset: number; length: number }[] = [];
+    let pos = 0;
+    for (const it of items) {
+      it.plain.copy(buf, pos);
+      blobs.push({ type: it.type, offset: pos, length: it.plain.length });
+      pos += it.plain.length;
+    }
+    const ab = ownArrayBuffer(buf);
+    this.repo.pool.run({ op: 'saveMany', seq: 0, buf: ab, blobs }, [ab]).then(
+      (r) => {
+        const sealed = Buffer.from(r.sealed!);
+        let at = 0;
+        items.forEach((it, i) => {
+          const n = r.lens![i]!;
+          it.resolve({ id: r.ids![i]!, comp: r.comps![i]!, sealed: sealed.subarray(at, at + n) });
+          at += n;
+        });
+      },
+      (err: unknown) => {
+        for (const it of items) it.reject(err);
+      },
+    );
+  }
+
+  allocBlobBuffer(length: number): Buffer {
+    const ab = this.freeBlobBufs.get(length)?.pop();
+    if (!ab) return Buffer.allocUnsafeSlow(length);
+    this.freeBlobBytes -= length;
+    return Buffer.from(ab, 0, length);
+  }
+
+  private recycle(ab: ArrayBuffer): void {
+    if (ab.byteLength < 64 * 1024 || this.freeBlobBytes + ab.byteLength > FREE_BLOB_BYTES) return;
+    let list = this.freeBlobBufs.get(ab.byteLength);
+    if (!list) this.freeBlobBufs.set(ab.byteLength, (list = []));
+    list.push(ab);
+    this.freeBlobBytes += ab.byteLength;
+  }
+
+  private addToPack(id: string, type: number, comp: number, rawLength: number, sealed: Buffer): void {
+    // Room for the blob plus the sealed header (42 bytes per blob + 28) and trailer.
+    const room = (n: number): number => n + (this.pack.blobs.length + 1) * 42 + 64;
+    if (this.pack.blobs.length > 0 && room(this.pack.size + sealed.length) > this.pack.buf.length)
+      this.finishPack();
+    if (this.pack.blobs.length === 0) {
+      const need = room(sealed.length);
+      this.pack.buf =
+        need <= PACK_BUF
+          ? (this.packBufs.pop() ?? Buffer.allocUnsafeSlow(PACK_BUF))
+          : Buffer.allocUnsafeSlow(need);
+    }
+    this.pendingIds.add(id);
+    this.pack.blobs.push({
+      id: Buffer.from(id, 'hex'),
+      type,
+      comp,
+      offset: this.pack.size,
+      length: sealed.length,
+      rawLength,
+    });
+    sealed.copy(this.pack.buf, this.pack.size);
+    this.pack.size += sealed.length;
   }
 
   private dup(id: string): SaveResult {
@@ -494,13 +702,20 @@ export class BackupSession implements BlobWriter {
   private finishPack(): void {
     const pack = this.pack;
     if (pack.blobs.length === 0) return;
-    this.pack = { parts: [], blobs: [], size: 0 };
+    this.pack = { buf: NO_BUF, blobs: [], size: 0 };
     const header = this.repo.sealSmall('packheader', encodePackHeader(pack.blobs));
-    const trailer = Buffer.alloc(4);
-    trailer.writeUInt32LE(header.length);
+    const total = pack.size + header.length + 4;
+    let data: Buffer;
+    if (total <= pack.buf.length) {
+      header.copy(pack.buf, pack.size);
+      pack.buf.writeUInt32LE(header.length, pack.size + header.length);
+      data = pack.buf.subarray(0, total);
+    } else {
+      const trailer = Buffer.alloc(4);
+      trailer.writeUInt32LE(header.length);
+      data = Buffer.concat([pack.buf.subarray(0, pack.size), header, trailer]);
+    }
     const packId = newId();
-    const data = Buffer.concat([...pack.parts, header, trailer]);
-    pack.parts.length = 0;
     const up = this.repo.store
       .put(packKey(packId), data)
       .then(() => {
@@ -519,6 +734,8 @@ export class BackupSession implements BlobWriter {
         this.failure ??= err;
       })
       .finally(() => {
+        if (pack.buf.length === PACK_BUF && this.packBufs.length < UPLOADS_IN_FLIGHT + 2)
+          this.packBufs.push(pack.buf);
         this.uploads.delete(up);
         this.wake();
       });

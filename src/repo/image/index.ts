@@ -13,7 +13,7 @@ import {
   throwIfAborted,
   CancelledError,
 } from '../../core/index.ts';
-import type { BlobId, BlobReader, BlobWriter, ByteRange, ImageMap } from '../api.ts';
+import type { BlobId, BlobReader, BlobWriter, ByteRange, ImageChunk, ImageExtent, ImageMap } from '../api.ts';
 
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
 const READS_AHEAD = 6;
@@ -83,6 +83,69 @@ export function parseRanges(text: string): ByteRange[] {
   });
 }
 
+/** Changed parts of a chunk are stored as extents when they cover at most this share of it... */
+const EXTENT_MAX_SHARE = 0.5;
+/** ...and the chunk would have at most this many extents; else the whole chunk is read again. */
+const MAX_EXTENTS = 16;
+/** Changed ranges are widened to this alignment before reading. */
+const EXTENT_ALIGN = 4096;
+
+/** The chunk as extents (a whole blob or a hole is one extent). */
+export function chunkExtents(c: ImageChunk, len: number): ImageExtent[] {
+  if (c === null || typeof c === 'string') return [[c, 0, len]];
+  return c;
+}
+
+/** Every blob id an image map refers to (whole chunks and extents). */
+export function imageMapBlobs(map: ImageMap): Set<BlobId> {
+  const out = new Set<BlobId>();
+  for (const c of map.chunks) {
+    if (typeof c === 'string') out.add(c);
+    else if (c !== null) for (const [b] of c) if (b !== null) out.add(b);
+  }
+  return out;
+}
+
+/** `base` with [start, start+len) replaced by each patch, adjacent pieces of one blob merged. */
+function overlay(base: ImageExtent[], patches: { start: number; ext: ImageExtent }[]): ImageChunk {
+  const out: ImageExtent[] = [];
+  const push = (e: ImageExtent): void => {
+    if (e[2] === 0) return;
+    const last = out[out.length - 1];
+    if (last && last[0] === e[0] && (e[0] === null || last[1] + last[2] === e[1])) last[2] += e[2];
+    else out.push([e[0], e[1], e[2]]);
+  };
+  // Pieces of `base` covering [from, to) of the chunk.
+  const cut = (from: number, to: number): void => {
+    let pos = 0;
+    for (const [b, f, l] of base) {
+      const s = Math.max(from, pos);
+      const e = Math.min(to, pos + l);
+      if (s < e) push([b, b === null ? 0 : f + (s - pos), e - s]);
+      pos += l;
+    }
+  };
+  let pos = 0;
+  for (const p of patches) {
+    cut(pos, p.start);
+    push(p.ext);
+    pos = p.start + p.ext[2];
+  }
+  let total = 0;
+  for (const [, , l] of base) total += l;
+  cut(pos, total);
+  if (out.length === 1 && out[0]![1] === 0) return out[0]![0];
+  return out;
+}
+
+interface Piece {
+  chunk: number;
+  /** offset within the chunk; whole chunks have start 0 and the chunk's length */
+  start: number;
+  length: number;
+  whole: boolean;
+}
+
 export async function backupImage(
   writer: BlobWriter,
   file: string,
@@ -100,25 +163,54 @@ export async function backupImage(
     if (chunkSize < 4096 || chunkSize > 64 * 1024 * 1024 || chunkSize % 4096 !== 0)
       throw new InputError('chunk size must be a multiple of 4 KiB between 4 KiB and 64 MiB');
     const n = Math.ceil(size / chunkSize);
-    const chunks: (BlobId | null)[] = new Array<BlobId | null>(n).fill(null);
-    let toRead: boolean[] | undefined;
+    const chunkLen = (i: number): number => Math.min(chunkSize, size - i * chunkSize);
+    const chunks: ImageChunk[] = new Array<ImageChunk>(n).fill(null);
+    const pieces: Piece[] = [];
     if (opts.changedRanges) {
       if (!parent) throw new InputError('--changed-ranges needs --parent');
       if (parent.chunkSize !== chunkSize)
         throw new InputError("--changed-ranges needs the parent's chunk size");
-      toRead = new Array<boolean>(n).fill(false);
+      // Per chunk: the changed ranges within it (chunk-relative, aligned, merged).
+      const changed = new Map<number, [number, number][]>();
+      const sorted = [...opts.changedRanges]
+        .filter((r) => r.length > 0 && r.offset < size)
+        .sort((a, b) => a.offset - b.offset);
+      for (const r of sorted) {
+        const end = Math.min(size, r.offset + r.length);
+        for (let i = Math.floor(r.offset / chunkSize); i * chunkSize < end; i++) {
+          const base = i * chunkSize;
+          const s = Math.floor((Math.max(r.offset, base) - base) / EXTENT_ALIGN) * EXTENT_ALIGN;
+          const e = Math.min(
+            chunkLen(i),
+            Math.ceil((Math.min(end, base + chunkSize) - base) / EXTENT_ALIGN) * EXTENT_ALIGN,
+          );
+          let list = changed.get(i);
+          if (!list) changed.set(i, (list = []));
+          const last = list[list.length - 1];
+          if (last && s <= last[1]) last[1] = Math.max(last[1], e);
+          else list.push([s, e]);
+        }
+      }
       for (let i = 0; i < n; i++) {
-        // chunks the parent did not have (size grew) or whose last partial chunk changed length are read.
-        if (i >= parent.chunks.length || (i === parent.chunks.length - 1 && parent.size !== size))
-          toRead[i] = true;
-        else chunks[i] = parent.chunks[i] ?? null;
+        const len = chunkLen(i);
+        // Chunks the parent did not have (size grew) or whose last partial chunk changed length are read.
+        const fresh = i >= parent.chunks.length || (i === parent.chunks.length - 1 && parent.size !== size);
+        const list = changed.get(i);
+        if (fresh) {
+          pieces.push({ chunk: i, start: 0, length: len, whole: true });
+          continue;
+        }
+        const prev = parent.chunks[i] ?? null;
+        chunks[i] = prev;
+        if (!list) continue;
+        const bytes = list.reduce((a, [s, e]) => a + e - s, 0);
+        const extents = chunkExtents(prev, len).length + 2 * list.length;
+        if (bytes > len * EXTENT_MAX_SHARE || extents > MAX_EXTENTS)
+          pieces.push({ chunk: i, start: 0, length: len, whole: true });
+        else for (const [s, e] of list) pieces.push({ chunk: i, start: s, length: e - s, whole: false });
       }
-      for (const r of opts.changedRanges) {
-        if (r.length === 0) continue;
-        const first = Math.floor(r.offset / chunkSize);
-        const last = Math.min(n - 1, Math.floor((r.offset + r.length - 1) / chunkSize));
-        for (let i = first; i <= last; i++) toRead[i] = true;
-      }
+    } else {
+      for (let i = 0; i < n; i++) pieces.push({ chunk: i, start: 0, length: chunkLen(i), whole: true });
     }
     const zero = Buffer.alloc(chunkSize);
     const res: ImageBackupResult = {
@@ -131,49 +223,66 @@ export async function backupImage(
       bytesAdded: 0,
     };
     let bytesTotal = 0;
-    for (let i = 0; i < n; i++)
-      if (!toRead || toRead[i]) bytesTotal += Math.min(chunkSize, size - i * chunkSize);
-    const indexes: number[] = [];
-    for (let i = 0; i < n; i++) if (!toRead || toRead[i]) indexes.push(i);
+    for (const p of pieces) bytesTotal += p.length;
+    const patches = new Map<number, { start: number; ext: ImageExtent }[]>();
+    const chunksTouched = new Set<number>();
 
     // Reads run READS_AHEAD ahead; saves are started in order and awaited in order (the writer applies back-pressure).
-    const read = async (i: number): Promise<Buffer> => {
-      const len = Math.min(chunkSize, size - i * chunkSize);
-      const buf = Buffer.allocUnsafeSlow(len);
+    let spare: Buffer | undefined;
+    const read = async (p: Piece): Promise<Buffer> => {
+      const len = p.length;
+      let buf: Buffer;
+      if (spare?.length === len) {
+        buf = spare;
+        spare = undefined;
+      } else buf = writer.allocBlobBuffer?.(len) ?? Buffer.allocUnsafeSlow(len);
+      const at = p.chunk * chunkSize + p.start;
       let got = 0;
       while (got < len) {
-        const { bytesRead } = await fh.read(buf, got, len - got, i * chunkSize + got);
+        const { bytesRead } = await fh.read(buf, got, len - got, at + got);
         if (bytesRead === 0) throw new InputError(`${file} shrank while being read`);
         got += bytesRead;
       }
       return buf;
     };
     const reads: Promise<Buffer>[] = [];
-    const saves: { i: number; p: Promise<{ id: string; storedBytes: number }> }[] = [];
+    const saves: { p: Piece; s: Promise<{ id: string; storedBytes: number }> }[] = [];
     let next = 0;
     const fill = (): void => {
-      while (next < indexes.length && reads.length < READS_AHEAD) reads.push(read(indexes[next++]!));
+      while (next < pieces.length && reads.length < READS_AHEAD) reads.push(read(pieces[next++]!));
+    };
+    const place = (p: Piece, id: BlobId | null): void => {
+      if (p.whole) chunks[p.chunk] = id;
+      else {
+        let list = patches.get(p.chunk);
+        if (!list) patches.set(p.chunk, (list = []));
+        list.push({ start: p.start, ext: [id, 0, p.length] });
+      }
     };
     fill();
     let k = 0;
     const drainSave = async (): Promise<void> => {
       const s = saves.shift()!;
-      const r = await s.p;
-      chunks[s.i] = r.id;
+      const r = await s.s;
+      place(s.p, r.id);
       res.bytesAdded += r.storedBytes;
     };
-    while (k < indexes.length) {
+    while (k < pieces.length) {
       throwIfAborted(opts.signal);
-      const i = indexes[k++]!;
+      const p = pieces[k++]!;
       const buf = await reads.shift()!;
       fill();
-      res.chunksRead++;
+      if (!chunksTouched.has(p.chunk)) {
+        chunksTouched.add(p.chunk);
+        res.chunksRead++;
+      }
       res.bytesRead += buf.length;
       if (isZero(buf, zero)) {
-        chunks[i] = null;
-        res.zeroChunks++;
+        place(p, null);
+        if (p.whole) res.zeroChunks++;
+        spare = buf;
       } else {
-        saves.push({ i, p: writer.saveBlob('data', buf, { signal: opts.signal }) });
+        saves.push({ p, s: writer.saveBlob('data', buf, { signal: opts.signal }) });
         if (saves.length > 8) await drainSave();
       }
       opts.onProgress?.({
@@ -184,7 +293,11 @@ export async function backupImage(
       });
     }
     while (saves.length > 0) await drainSave();
-    if (!toRead) res.zeroChunks = chunks.filter((c) => c === null).length;
+    for (const [i, list] of patches) {
+      list.sort((a, b) => a.start - b.start);
+      chunks[i] = overlay(chunkExtents(chunks[i] ?? null, chunkLen(i)), list);
+    }
+    if (!opts.changedRanges) res.zeroChunks = chunks.filter((c) => c === null).length;
     const map: ImageMap = { size, chunkSize, chunks };
     const saved = await writer.saveBlob('tree', Buffer.from(JSON.stringify(map)), { signal: opts.signal });
     res.map = saved.id;
@@ -242,33 +355,73 @@ export async function restoreImage(
       const { size } = await deviceSize(fh, target);
       if (size < map.size) throw new InputError(`${target} has ${size} bytes, the image needs ${map.size}`);
     } else await fh.truncate(map.size);
-    const zero = Buffer.alloc(map.chunkSize);
-    const work = map.chunks.map((c, i) => ({ c, i })).filter((w) => w.c !== null || isDevice);
-    let next = 0;
     const h = fh;
-    const worker = async (): Promise<void> => {
-      while (next < work.length) {
-        throwIfAborted(opts.signal);
-        const { c, i } = work[next++]!;
-        const len = Math.min(map.chunkSize, map.size - i * map.chunkSize);
-        const buf = c === null ? zero.subarray(0, len) : await reader.loadBlob(c, opts);
-        if (buf.length !== len)
-          throw new IntegrityError(`chunk ${i} of image ${mapId} has ${buf.length} bytes, expected ${len}`);
-        let off = 0;
-        while (off < len) {
-          const { bytesWritten } = await h.write(buf, off, len - off, i * map.chunkSize + off);
-          off += bytesWritten;
+    // Where each blob's bytes go: [from, length, file position]; whole chunks must match their length exactly.
+    const targets = new Map<BlobId, { from: number; length: number; pos: number; whole: boolean }[]>();
+    const zeros: { pos: number; length: number }[] = [];
+    for (let i = 0; i < map.chunks.length; i++) {
+      const c = map.chunks[i] ?? null;
+      const len = Math.min(map.chunkSize, map.size - i * map.chunkSize);
+      let pos = i * map.chunkSize;
+      for (const [b, from, length] of chunkExtents(c, len)) {
+        if (b === null) {
+          // A new file is all holes already; a device gets the zeros written.
+          if (isDevice) zeros.push({ pos, length });
+        } else {
+          let list = targets.get(b);
+          if (!list) targets.set(b, (list = []));
+          list.push({ from, length, pos, whole: typeof c === 'string' });
         }
-        res.bytesWritten += len;
-        opts.onProgress?.({
-          phase: 'restore',
-          bytesRead: res.bytesWritten,
-          bytesTotal: map.size,
-          bytesTransferred: res.bytesWritten,
-        });
+        pos += length;
       }
+      if (pos !== i * map.chunkSize + len)
+        throw new IntegrityError(
+          `chunk ${i} of image ${mapId}: extents cover ${pos - i * map.chunkSize} bytes, expected ${len}`,
+        );
+    }
+    const writeAll = async (buf: Buffer, pos: number): Promise<void> => {
+      let off = 0;
+      while (off < buf.length) {
+        const { bytesWritten } = await h.write(buf, off, buf.length - off, pos + off);
+        off += bytesWritten;
+      }
+      res.bytesWritten += buf.length;
+      opts.onProgress?.({
+        phase: 'restore',
+        bytesRead: res.bytesWritten,
+        bytesTotal: map.size,
+        bytesTransferred: res.bytesWritten,
+      });
     };
-    await Promise.all(Array.from({ length: LOADS_AHEAD }, worker));
+    const onBlob = async (id: BlobId, plain: Buffer): Promise<void> => {
+      await Promise.all(
+        (targets.get(id) ?? []).map((t) => {
+          if (t.whole ? plain.length !== t.length : plain.length < t.from + t.length)
+            throw new IntegrityError(
+              `blob ${id} of image ${mapId} has ${plain.length} bytes, the map needs ${t.whole ? t.length : t.from + t.length}`,
+            );
+          return writeAll(plain.subarray(t.from, t.from + t.length), t.pos);
+        }),
+      );
+    };
+    const ids = [...targets.keys()];
+    if (reader.loadMany) await reader.loadMany(ids, onBlob, { signal: opts.signal });
+    else {
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < ids.length) {
+          throwIfAborted(opts.signal);
+          const id = ids[next++]!;
+          await onBlob(id, await reader.loadBlob(id, { signal: opts.signal, verify: false }));
+        }
+      };
+      await Promise.all(Array.from({ length: LOADS_AHEAD }, worker));
+    }
+    const zero = Buffer.alloc(map.chunkSize);
+    for (const z of zeros) {
+      throwIfAborted(opts.signal);
+      await writeAll(zero.subarray(0, z.length), z.pos);
+    }
     await fh.sync();
     await fh.close();
     fh = undefined;

@@ -163,7 +163,7 @@ class TreeBackup {
     this.opts = opts;
     this.chunker = new FastCdc(opts.chunker);
     this.excludes = new ExcludeMatcher(opts.excludes ?? [], root);
-    this.fileSem = new Semaphore(opts.fileConcurrency ?? 24);
+    this.fileSem = new Semaphore(opts.fileConcurrency ?? 128);
     this.largeSem = new Semaphore(opts.largeFileConcurrency ?? 2);
     this.signal = opts.signal
       ? AbortSignal.any([opts.signal, this.controller.signal])

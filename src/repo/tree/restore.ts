@@ -59,9 +59,19 @@ function normalizeIncludes(include: string[] | undefined): string[] | undefined 
   );
 }
 
+/** Temporary names: one random prefix per process and a counter (no CSPRNG call per file). */
+const TEMP_PREFIX = `.tern-restore-${randomBytes(6).toString('hex')}-`;
+let tempCounter = 0;
 function tempName(): string {
-  return `.tern-restore-${randomBytes(6).toString('hex')}`;
+  return `${TEMP_PREFIX}${(tempCounter++).toString(36)}`;
 }
+
+/**
+ * Single-chunk files are queued across directories and restored in batches of up to QUEUE_FILES, their blobs
+ * loaded in pack order (BlobReader.loadMany): the backup interleaves directories, so per directory the blobs
+ * are scattered over the packs, but a batch reads each pack region once.
+ */
+const QUEUE_FILES = 65536;
 
 function timesOf(node: TreeNode): number {
   // Node's utimes takes seconds as a double and libuv truncates them to whole microseconds. A double near
@@ -80,6 +90,11 @@ class TreeRestore {
   private readonly fileSem: Semaphore;
   private readonly treeSem = new Semaphore(8);
   private readonly entrySem = new Semaphore(256);
+  /** Small files waiting to be restored in storage order, and the chain of restores of such batches. */
+  private smallQueue: { node: TreeNode; abs: string }[] = [];
+  private smallChain: Promise<void> = Promise.resolve();
+  /** Directories whose metadata is applied at the end, children first. */
+  private readonly dirMeta: { node: TreeNode; abs: string }[] = [];
   private readonly hardLinks = new Map<string, Promise<string>>();
   private readonly controller = new AbortController();
   private firstError: { error: unknown } | undefined;
@@ -113,6 +128,11 @@ class TreeRestore {
     try {
       const root = await this.loadTree(tree);
       await this.restoreDir(root, abs, '', 'ancestor', root.self, true);
+      await this.flushSmall();
+      for (const d of this.dirMeta) {
+        throwIfAborted(this.signal);
+        await this.applyMeta(d.node, d.abs, 'dir');
+      }
     } catch (err) {
       if (this.opts.signal?.aborted) throw new CancelledError('tree restore cancelled', { cause: err });
       throw this.firstError ? this.firstError.error : err;
@@ -192,12 +212,21 @@ class TreeRestore {
   ): Promise<void> {
     throwIfAborted(this.signal);
     const tasks: Promise<unknown>[] = [];
+    const small: { node: TreeNode; abs: string }[] = [];
     for (const node of tree.nodes) {
       const childRel = rel === '' ? node.name : `${rel}/${node.name}`;
       const childSel = this.select(childRel, sel);
       if (childSel === 'none') continue;
       const childAbs = path.join(abs, node.name);
-      if (node.type === 'dir') tasks.push(this.restoreSubdir(node, childAbs, childRel, childSel));
+      if (
+        childSel === 'all' &&
+        node.type === 'file' &&
+        node.linkGroup === undefined &&
+        (node.content?.length ?? 0) <= 1 &&
+        (node.size ?? 0) <= SMALL_FILE
+      )
+        small.push({ node, abs: childAbs });
+      else if (node.type === 'dir') tasks.push(this.restoreSubdir(node, childAbs, childRel, childSel));
       else if (childSel === 'all') {
         // A slot per entry in progress keeps a directory of a million files from queueing them all at once.
         await this.entrySem.acquire();
@@ -213,10 +242,25 @@ class TreeRestore {
         tasks.push(leaf);
       }
     }
+    if (small.length > 0) {
+      for (const f of small) this.smallQueue.push(f);
+      if (this.smallQueue.length >= QUEUE_FILES) tasks.push(this.flushSmall());
+    }
     await this.settle(tasks);
     throwIfAborted(this.signal);
     // Only a directory the tree fully describes gets its metadata; the target gets it when restored whole.
-    if (self && (sel === 'all' || (isTarget && !this.includes))) await this.applyMeta(self, abs, 'dir');
+    // It is applied at the end (children before parents), after the queued small files are in place.
+    if (self && (sel === 'all' || (isTarget && !this.includes))) this.dirMeta.push({ node: self, abs });
+  }
+
+  /** Restores the queued small files, their blobs loaded in pack order (one pass over each pack region). */
+  private flushSmall(): Promise<void> {
+    const files = this.smallQueue;
+    this.smallQueue = [];
+    this.smallChain = this.smallChain.then(() =>
+      files.length > 0 ? this.restoreSmallGroup(files) : undefined,
+    );
+    return this.smallChain;
   }
 
   private async restoreSubdir(node: TreeNode, abs: string, rel: string, sel: Selection): Promise<void> {
@@ -324,6 +368,72 @@ class TreeRestore {
       return;
     }
     await this.fileSem.run(() => this.writeFile(node, abs));
+  }
+
+  /** Small files whose blobs are loaded in one `loadMany` (adjacent blobs of a pack read together). */
+  private async restoreSmallGroup(files: { node: TreeNode; abs: string }[]): Promise<void> {
+    throwIfAborted(this.signal);
+    const byId = new Map<BlobId, { node: TreeNode; abs: string }[]>();
+    for (const f of files) {
+      const id = f.node.content?.[0] ?? null;
+      if (id === null) {
+        await this.writeSmallSync(f.node, f.abs, undefined, null);
+        continue;
+      }
+      let list = byId.get(id);
+      if (!list) byId.set(id, (list = []));
+      list.push(f);
+    }
+    const onBlob = async (id: BlobId, plain: Buffer): Promise<void> => {
+      for (const f of byId.get(id) ?? []) await this.writeSmallSync(f.node, f.abs, plain, id);
+    };
+    const ids = [...byId.keys()];
+    if (this.reader.loadMany) await this.reader.loadMany(ids, onBlob, { signal: this.signal });
+    else for (const id of ids) await onBlob(id, await this.reader.loadBlob(id, { signal: this.signal }));
+  }
+
+  /** Writes a small file from its loaded blob (synchronous writes and metadata calls), under a temporary name renamed into place. */
+  private async writeSmallSync(
+    node: TreeNode,
+    abs: string,
+    data: Buffer | undefined,
+    id: BlobId | null,
+  ): Promise<void> {
+    throwIfAborted(this.signal);
+    const size = node.size ?? 0;
+    const tmp = path.join(path.dirname(abs), tempName());
+    let fd: number | undefined;
+    try {
+      await this.clearWay(abs, false);
+      if (data) this.bytesRead += data.length;
+      if ((data?.length ?? node.holeSizes?.[0] ?? 0) !== size)
+        throw new IntegrityError(`chunks of ${abs} do not add up to its recorded size ${size}`, {
+          details: { blob: id },
+        });
+      // Creating and renaming take the filesystem's journal: done in libuv's pool, several at once.
+      fd = await openAsync(tmp, 'wx', 0o600);
+      let end = 0;
+      if (data) end = writeSparseSync(fd, data);
+      if (end < size) fsSync.ftruncateSync(fd, size);
+      const st = fsSync.fstatSync(fd);
+      if (st.size !== size)
+        throw new IntegrityError(`restored ${abs} has ${st.size} bytes, expected ${size}`);
+      if (this.isRoot && (st.uid !== node.uid || st.gid !== node.gid))
+        fsSync.fchownSync(fd, node.uid, node.gid);
+      fsSync.fchmodSync(fd, node.mode);
+      const t = timesOf(node);
+      fsSync.futimesSync(fd, t, t);
+      fsSync.closeSync(fd);
+      fd = undefined;
+      await fs.rename(tmp, abs);
+    } catch (err) {
+      if (fd !== undefined) fsSync.closeSync(fd);
+      fsSync.rmSync(tmp, { force: true });
+      throw fsError(err, `restoring ${abs}`);
+    }
+    this.result.files++;
+    this.result.bytes += size;
+    this.report();
   }
 
   /**

@@ -1,0 +1,260 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { AuthError, LockedError, ManualClock } from '../../src/core/index.ts';
+import { LocalStore } from '../../src/storage/index.ts';
+import { BlobIndex } from '../../src/repo/blob-index.ts';
+import {
+  applyRetention,
+  backupImage,
+  loadImageMap,
+  prune,
+  RepoLock,
+  Repository,
+  restoreImage,
+  verify,
+  type SnapshotManifest,
+} from '../../src/repo/index.ts';
+
+const FAST_KDF = { N: 1024, r: 8, p: 1 };
+
+function tmp(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'tern-repo-'));
+}
+
+test('BlobIndex stores 200k ids compactly and finds every one', () => {
+  const idx = new BlobIndex();
+  const ids: Buffer[] = [];
+  const before = process.memoryUsage().arrayBuffers;
+  for (let i = 0; i < 200_000; i++) {
+    const id = crypto.randomBytes(32);
+    ids.push(id);
+    assert.equal(
+      idx.add(id, { pack: i % 7, offset: i, length: i + 1, rawLength: i + 2, type: i & 1, comp: 1 }),
+      true,
+    );
+  }
+  const perBlob = (process.memoryUsage().arrayBuffers - before - 200_000 * 32 - 200_000 * 100) / 200_000;
+  assert.ok(perBlob < 80, `index uses ${perBlob} bytes per blob`);
+  for (let i = 0; i < ids.length; i += 997) {
+    const e = idx.get(ids[i]!);
+    assert.deepEqual(e, { pack: i % 7, offset: i, length: i + 1, rawLength: i + 2, type: i & 1, comp: 1 });
+  }
+  assert.equal(idx.add(ids[5]!, { pack: 9, offset: 0, length: 0, rawLength: 0, type: 0, comp: 0 }), false);
+  assert.equal(idx.has(crypto.randomBytes(32)), false);
+});
+
+function snap(time: string, paths = ['/a']): SnapshotManifest {
+  return {
+    id: crypto.randomBytes(4).toString('hex'),
+    time,
+    hostname: 'h',
+    paths,
+    tags: [],
+    root: { kind: 'image', map: '00', size: 0 },
+    summary: { bytesRead: 0, bytesAdded: 0, durationMs: 0 },
+  };
+}
+
+test('retention follows restic: keep-last and keep-daily buckets', () => {
+  const snaps = [
+    snap('2026-01-01T10:00:00Z'),
+    snap('2026-01-01T20:00:00Z'),
+    snap('2026-01-02T10:00:00Z'),
+    snap('2026-01-03T10:00:00Z'),
+    snap('2026-01-03T11:00:00Z'),
+  ];
+  const r = applyRetention(snaps, { daily: 2 });
+  assert.deepEqual(r.keep.map((s) => s.time).sort(), ['2026-01-02T10:00:00Z', '2026-01-03T11:00:00Z']);
+  const r2 = applyRetention(snaps, { last: 1, daily: 3 });
+  assert.equal(r2.keep.length, 3);
+  assert.deepEqual(r2.reasons.get(snaps[4]!.id), ['last', 'daily']);
+  assert.equal(applyRetention(snaps, {}).remove.length, 0);
+});
+
+test('init/open, wrong passphrase, keys add/remove', async () => {
+  const dir = tmp();
+  try {
+    const store = new LocalStore(path.join(dir, 'repo'));
+    const repo = await Repository.init(store, 'one', { kdf: FAST_KDF });
+    await assert.rejects(Repository.open(store, 'two'), AuthError);
+    const k2 = await repo.addKey('two', FAST_KDF);
+    const r2 = await Repository.open(store, 'two');
+    assert.equal(r2.config.id, repo.config.id);
+    await assert.rejects(r2.removeKey(k2), /in use/);
+    await r2.removeKey(repo.keyId);
+    await assert.rejects(Repository.open(store, 'one'), AuthError);
+    await assert.rejects(r2.removeKey(k2), /in use|last/);
+    await repo.close();
+    await r2.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('image backup: zero chunks not stored, dedup, changed ranges read only those ranges, sparse restore', async () => {
+  const dir = tmp();
+  try {
+    const store = new LocalStore(path.join(dir, 'repo'));
+    const repo = await Repository.init(store, 'pw', { kdf: FAST_KDF });
+    const img = path.join(dir, 'img');
+    const data = crypto.randomBytes(6 * 65536 + 1000);
+    data.fill(0, 65536, 3 * 65536);
+    fs.writeFileSync(img, data);
+    let s = await repo.startBackup();
+    const r1 = await backupImage(s, img, { chunkSize: 65536 });
+    await s.flush();
+    await s.close();
+    assert.equal(r1.chunks, 7);
+    assert.equal(r1.zeroChunks, 2);
+    // change 10 bytes in chunk 4 only
+    const fd = fs.openSync(img, 'r+');
+    fs.writeSync(fd, Buffer.alloc(10, 7), 0, 10, 4 * 65536 + 5);
+    fs.closeSync(fd);
+    s = await repo.startBackup();
+    const r2 = await backupImage(s, img, {
+      parentMap: r1.map,
+      reader: repo,
+      changedRanges: [{ offset: 4 * 65536 + 5, length: 10 }],
+    });
+    await s.flush();
+    await s.close();
+    assert.equal(r2.chunksRead, 1);
+    assert.equal(r2.bytesRead, 4096, 'only the changed 4 KiB page is read');
+    assert.ok(r2.bytesAdded > 4096 && r2.bytesAdded < 8192, `added ${r2.bytesAdded}`);
+    const out = path.join(dir, 'out');
+    await restoreImage(repo, r2.map, out);
+    assert.ok(fs.readFileSync(out).equals(fs.readFileSync(img)));
+    assert.ok(fs.statSync(out).blocks * 512 < data.length, 'restored file is sparse');
+    assert.deepEqual(
+      fs.readdirSync(dir).filter((n) => n.includes('partial')),
+      [],
+    );
+    // full re-read: chunk 4 stored whole again (the ranges snapshot had it as extents), then nothing new
+    s = await repo.startBackup();
+    const r3 = await backupImage(s, img, { parentMap: r2.map, reader: repo });
+    await s.flush();
+    await s.close();
+    assert.ok(r3.bytesAdded > 65536 && r3.bytesAdded < 2 * 65536, `added ${r3.bytesAdded}`);
+    s = await repo.startBackup();
+    const r4 = await backupImage(s, img, { parentMap: r3.map, reader: repo });
+    await s.close();
+    assert.equal(r4.map, r3.map);
+    assert.equal(r4.bytesAdded, 0);
+    await repo.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('image backup: chains of changed-ranges incrementals as extents restore exactly; prune keeps their blobs', async () => {
+  const dir = tmp();
+  try {
+    const store = new LocalStore(path.join(dir, 'repo'));
+    const repo = await Repository.init(store, 'pw', { kdf: FAST_KDF });
+    const img = path.join(dir, 'img');
+    const C = 64 * 1024;
+    const data = crypto.randomBytes(10 * C + 3000);
+    data.fill(0, 2 * C, 3 * C);
+    fs.writeFileSync(img, data);
+    let s = await repo.startBackup();
+    let prev = await backupImage(s, img, { chunkSize: C });
+    await s.flush();
+    await s.close();
+    const expected: Buffer[] = [Buffer.from(data)];
+    const maps: string[] = [prev.map];
+    // seeded edits: small writes, zero writes, a write across a chunk boundary, a large rewrite, the tail
+    const rnd = (n: number, i: number): number => (i * 7919 + n * 104729) % n;
+    for (let round = 0; round < 6; round++) {
+      const ranges: { offset: number; length: number }[] = [];
+      for (let j = 0; j < 5; j++) {
+        const offset = rnd(data.length - 9000, round * 5 + j + 1);
+        const length = 1 + rnd(9000, round * 11 + j);
+        const fill = j === 2 ? Buffer.alloc(length) : crypto.randomBytes(length);
+        fill.copy(data, offset);
+        ranges.push({ offset, length });
+      }
+      if (round === 3) {
+        crypto.randomBytes(C).copy(data, 5 * C);
+        ranges.push({ offset: 5 * C, length: C });
+      }
+      if (round === 4) {
+        crypto.randomBytes(2000).copy(data, data.length - 2000);
+        ranges.push({ offset: data.length - 2000, length: 2000 });
+        data.fill(0, 2 * C - 100, 3 * C + 100);
+        ranges.push({ offset: 2 * C - 100, length: C + 200 });
+      }
+      fs.writeFileSync(img, data);
+      s = await repo.startBackup();
+      const r = await backupImage(s, img, { parentMap: prev.map, reader: repo, changedRanges: ranges });
+      await s.flush();
+      await s.close();
+      assert.ok(r.bytesRead < 4 * C, `round ${round}: read ${r.bytesRead} bytes`);
+      expected.push(Buffer.from(data));
+      maps.push(r.map);
+      prev = r;
+    }
+    const last = await loadImageMap(repo, prev.map);
+    assert.ok(
+      last.chunks.some((c) => Array.isArray(c) && c.length > 2),
+      'the last map has chunks made of several extents',
+    );
+    for (let i = 0; i < maps.length; i++) {
+      const out = path.join(dir, `out${i}`);
+      await restoreImage(repo, maps[i]!, out);
+      assert.ok(fs.readFileSync(out).equals(expected[i]!), `restore of map ${i} differs`);
+      fs.rmSync(out);
+    }
+    // A snapshot of the last map only: prune must keep the parents' blobs its extents point into.
+    const s2 = await repo.startBackup();
+    await s2.saveSnapshot({
+      paths: [img],
+      tags: [],
+      root: { kind: 'image', map: prev.map, size: data.length },
+      summary: { bytesRead: 0, bytesAdded: 0, durationMs: 0 },
+    });
+    await s2.close();
+    await prune(repo, {});
+    const out = path.join(dir, 'last');
+    await restoreImage(repo, prev.map, out);
+    assert.ok(fs.readFileSync(out).equals(data));
+    const v = await verify(repo, { readData: true });
+    assert.equal(v.errors.length, 0, JSON.stringify(v.errors));
+    await repo.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('locks: prune is refused while a backup holds a lock; stale locks are cleared', async () => {
+  const dir = tmp();
+  try {
+    const clock = new ManualClock(Date.now());
+    const store = new LocalStore(path.join(dir, 'repo'));
+    const repo = await Repository.init(store, 'pw', { kdf: FAST_KDF, clock });
+    const s = await repo.startBackup();
+    await s.saveBlob('data', crypto.randomBytes(1000));
+    await assert.rejects(
+      prune(repo),
+      (err: unknown) => err instanceof LockedError && /pid/.test(err.message),
+    );
+    await s.close();
+    // a lock of a live process that stopped refreshing becomes stale after the timeout
+    const held = await RepoLock.acquire(store, false, clock);
+    await assert.rejects(RepoLock.acquire(store, true, clock), LockedError);
+    clock.advance(10 * 60 * 1000);
+    const ex = await RepoLock.acquire(store, true, clock);
+    await ex.release();
+    await held.release();
+    const p = await prune(repo);
+    assert.equal(p.packsUnindexedDeleted, 0);
+    const v = await verify(repo, { readData: true });
+    assert.equal(v.ok, true, JSON.stringify(v.errors));
+    await repo.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
