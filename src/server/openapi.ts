@@ -1,36 +1,43 @@
 /** The OpenAPI 3.1 document, generated from the route table and the zod schemas (z.toJSONSchema). */
 import { z } from 'zod';
 import type { RouteSpec } from './router.ts';
-import { COMPONENTS } from './schemas.ts';
+import { REQUEST_COMPONENTS, RESPONSE_COMPONENTS } from './schemas.ts';
 
 type Json = Record<string, unknown>;
 
 let cachedSchemas: Record<string, Json> | undefined;
 
-/** Components from the zod schemas; request shapes use the input side (defaults are optional there). */
-function componentSchemas(): Record<string, Json> {
-  if (cachedSchemas) return cachedSchemas;
+function toComponents(components: Record<string, z.ZodType>, io: 'input' | 'output'): Record<string, Json> {
   const reg = z.registry<{ id: string }>();
-  for (const [id, schema] of Object.entries(COMPONENTS)) reg.add(schema, { id });
+  for (const [id, schema] of Object.entries(components)) reg.add(schema, { id });
   const out = z.toJSONSchema(reg, {
     uri: (id) => `#/components/schemas/${id}`,
-    io: 'input',
+    io,
     unrepresentable: 'any',
   }) as { schemas: Record<string, Json> };
+  const prefix = io === 'input' ? 'In_' : 'Out_';
   const schemas: Record<string, Json> = {};
   for (const [id, s] of Object.entries(out.schemas)) {
     const { $schema: _s, $id: _i, $defs, ...rest } = s;
     schemas[id] = rest;
     // Shared nested definitions become components of their own.
     for (const [defId, def] of Object.entries(($defs ?? {}) as Record<string, Json>))
-      schemas[`${id}_${defId}`] = def;
+      schemas[`${prefix}${id}_${defId}`] = def;
   }
   // "#/components/schemas/X#/$defs/Y" is not a valid JSON pointer inside one document; point at the lifted copy.
   const text = JSON.stringify(schemas).replace(
     /#\/components\/schemas\/([A-Za-z0-9_]+)#\/\$defs\/([A-Za-z0-9_]+)/g,
-    '#/components/schemas/$1_$2',
+    `#/components/schemas/${prefix}$1_$2`,
   );
-  cachedSchemas = JSON.parse(text) as Record<string, Json>;
+  return JSON.parse(text) as Record<string, Json>;
+}
+
+/** Components from the zod schemas: request bodies on their input side, responses on their output side. */
+function componentSchemas(): Record<string, Json> {
+  cachedSchemas ??= {
+    ...toComponents(REQUEST_COMPONENTS, 'input'),
+    ...toComponents(RESPONSE_COMPONENTS, 'output'),
+  };
   return cachedSchemas;
 }
 

@@ -15,7 +15,7 @@ export interface RequestContext {
 export type Reply = { status: number; body?: unknown; headers?: Record<string, string> };
 export type Handler = (ctx: RequestContext) => Promise<Reply | undefined>;
 
-/** What the OpenAPI document says about a route (schema names refer to COMPONENTS in schemas.ts). */
+/** What the OpenAPI document says about a route (schema names are components from schemas.ts). */
 export interface RouteDoc {
   summary: string;
   tag: string;

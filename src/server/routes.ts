@@ -87,7 +87,7 @@ export function registerRoutes(router: Router, deps: RouteDeps): void {
     doc: {
       summary: 'register an application',
       tag: 'apps',
-      body: 'Application',
+      body: 'ApplicationInput',
       responses: { 201: 'Application' },
     },
     handler: async (ctx) => ({

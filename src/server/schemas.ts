@@ -117,20 +117,23 @@ export const RestorePointQuerySchema = z
   })
   .strict();
 
-/** Named schemas for the OpenAPI components section. */
-export const COMPONENTS = {
-  Application: ApplicationSchema,
+/** Named schemas for the OpenAPI components: request bodies (input side: defaults are optional)… */
+export const REQUEST_COMPONENTS = {
+  ApplicationInput: ApplicationSchema,
   ProfileInput: ProfileSchema,
-  Profile: RedactedProfileSchema,
   PolicyInput: PolicySchema,
   PolicyPatch: PolicyPatchSchema,
+  RestoreRequest: RestoreRequestSchema,
+} as const;
+/** …and responses (output side: defaults are filled in, so those fields are always present). */
+export const RESPONSE_COMPONENTS = {
+  Application: ApplicationSchema,
+  Profile: RedactedProfileSchema,
   Policy: PolicyViewSchema,
   RestorePoint: RestorePointSchema,
-  RestoreRequest: RestoreRequestSchema,
   RestoreResult: RestoreResultSchema,
   RunResult: RunResultSchema,
   ActionRun: ActionRunSchema,
   ErrorRecord: ErrorRecordSchema,
   Error: ErrorSchema,
 } as const;
-export type ComponentName = keyof typeof COMPONENTS;

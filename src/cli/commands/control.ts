@@ -292,11 +292,11 @@ function registerProfiles(program: Command): void {
 function describeFrequency(f: Policy['frequency']): string {
   return typeof f === 'string' ? f : `every ${f.every}`;
 }
+const RETENTION_ORDER = ['latest', 'hourly', 'daily', 'weekly', 'monthly', 'yearly'] as const;
 function describeRetention(r: Policy['retention'] | undefined): string {
   if (!r) return '-';
-  return Object.entries(r)
-    .filter(([, v]) => v > 0)
-    .map(([k, v]) => `${k}=${v}`)
+  return RETENTION_ORDER.filter((k) => (r[k] ?? 0) > 0)
+    .map((k) => `${k}=${r[k]}`)
     .join(',');
 }
 function describeExport(e: Policy['export']): string {
