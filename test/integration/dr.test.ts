@@ -19,12 +19,15 @@ import {
   drReport,
   importRestorePoints,
   listImportable,
+  listRecords,
+  recordKey,
   readStreamDetails,
   restoreAtDr,
   runExport,
 } from '../../src/engine/dr/index.ts';
 import type { Exporter } from '../../src/engine/dr/index.ts';
 import { LocalPlatform } from '../../src/platforms/index.ts';
+import { openStore } from '../../src/storage/index.ts';
 import type { VolumeRef } from '../../src/platforms/index.ts';
 import { createLoopFs } from '../harness/loopfs.ts';
 
@@ -313,16 +316,16 @@ function runTern(args: string[], env: Record<string, string> = {}): Promise<stri
   });
 }
 
-function runChild(args: string[], killAt: string): Promise<{ killed: boolean; out: string }> {
+function runChild(
+  args: string[],
+  killAt: string,
+  script = 'dr-import-child.ts',
+): Promise<{ killed: boolean; out: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(
-      NODE,
-      [path.join(ROOT, 'test/integration/fixtures/dr-import-child.ts'), ...args, killAt],
-      {
-        env: { ...process.env, TERN_IMPORT_SECRET: SECRET },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
-    );
+    const child = spawn(NODE, [path.join(ROOT, 'test/integration/fixtures', script), ...args, killAt], {
+      env: { ...process.env, TERN_IMPORT_SECRET: SECRET },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     let err = '';
     child.stdout.on('data', (d: Buffer) => {
@@ -392,6 +395,39 @@ test('a SIGKILLed import leaves no half-imported restore point, and the next imp
   );
   assert.ok(Object.values(st.imports)[0]?.restorePoints.at(-1)?.standby);
   assert.equal(sha(path.join(w.west, 'volumes', 'data-standby')), want, 'warm standby holds the newest data');
+});
+
+test('an export SIGKILLed mid-copy publishes nothing and leaves no copy; the next export and import complete', async (t) => {
+  for (const mode of ['copy', 'datamover'] as const) {
+    const w = await world();
+    t.after(() => w.cleanup());
+    const r = await runChild([w.east, w.west, w.vault, w.eastState], mode, 'dr-export-child.ts');
+    assert.equal(r.killed, true, `${mode} export reached the kill point`);
+    const src = await new SourceStateStore(w.eastState, 'east').read();
+    const stream = Object.values(src.streams)[0];
+    assert.ok(stream, 'the stream id was made durable before the data moved');
+    assert.deepEqual(stream.restorePoints, []);
+    const store = await openStore(mode === 'copy' ? w.west : w.vault);
+    const { records } = await listRecords(store, stream.id, recordKey(SECRET, stream.id));
+    assert.deepEqual(records, [], 'no record for the killed export');
+    const copies = await w.platform.listSnapshots({ ...w.volume, id: 'west/data', region: 'west' });
+    assert.deepEqual(copies, [], 'no half copy is listed in west');
+
+    const want = sha(w.file);
+    const { token } = await exportRun(w, mode, 1);
+    const state = new DrStateStore(w.westState, 'west');
+    const imp = await importRestorePoints({ state, token, importSecret: SECRET });
+    assert.deepEqual(imp.imported, [`${mode}-1`]);
+    const westPlatform = new LocalPlatform({ regions: { west: w.west } });
+    await restoreAtDr({
+      state,
+      importSecret: SECRET,
+      app: 'shop',
+      platform: westPlatform,
+      nameFor: () => 'back',
+    });
+    assert.equal(sha(path.join(w.west, 'volumes', 'back')), want);
+  }
 });
 
 test('demo smoke: tern demo --size 32MiB --json prints the table fields with sane RPO/RTO', async () => {
