@@ -253,7 +253,7 @@ describe('deploy: Tern CRDs, manifests and Helm chart (real kube-apiserver)', { 
     if (!fs.existsSync(HELM)) return t.skip(`helm not built (${HELM}): run scripts/peers.d/31-helm.sh`);
     const rendered = execFileSync(
       HELM,
-      ['template', 'tern', path.join(DEPLOY, 'helm', 'tern'), '--namespace', 'tern-helm'],
+      ['template', 'tern-chart', path.join(DEPLOY, 'helm', 'tern'), '--namespace', 'tern-helm'],
       { encoding: 'utf8' },
     );
     const objects = docs(rendered);
@@ -276,7 +276,7 @@ describe('deploy: Tern CRDs, manifests and Helm chart (real kube-apiserver)', { 
         HELM,
         [
           'template',
-          'tern',
+          'tern-chart',
           path.join(DEPLOY, 'helm', 'tern'),
           '--namespace',
           'tern-helm',
@@ -286,8 +286,10 @@ describe('deploy: Tern CRDs, manifests and Helm chart (real kube-apiserver)', { 
         { encoding: 'utf8' },
       ),
     );
-    assert.ok(!noRestore.some((o) => o.kind === 'ClusterRoleBinding' && o.metadata.name === 'tern-restore'));
-    assert.ok(noRestore.some((o) => o.kind === 'ClusterRole' && o.metadata.name === 'tern-restore'));
+    assert.ok(
+      !noRestore.some((o) => o.kind === 'ClusterRoleBinding' && o.metadata.name === 'tern-chart-restore'),
+    );
+    assert.ok(noRestore.some((o) => o.kind === 'ClusterRole' && o.metadata.name === 'tern-chart-restore'));
   });
 
   test('the limited user cannot dry-run the manifests (RBAC enforced on dry runs too)', async () => {
