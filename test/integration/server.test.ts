@@ -630,6 +630,84 @@ describe('tern server + CLI', { timeout: 600_000 }, () => {
     }
   });
 
+  test('policy update/pause/resume/delete, conflicts on delete, and cancelling a running export', async () => {
+    const upd = ok(
+      await tern(['policy', 'update', 'big-daily', '--retention', 'latest=3,daily=7', '--json'], env()),
+      'update',
+    ) as {
+      retention: { latest: number; daily: number };
+    };
+    assert.equal(upd.retention.latest, 3);
+    assert.equal(upd.retention.daily, 7);
+    const bad = await tern(['policy', 'update', 'big-daily', '--frequency', 'every tuesday'], env());
+    assert.equal(bad.code, 2);
+    assert.equal(
+      (ok(await tern(['policy', 'pause', 'big-daily', '--json'], env()), 'pause') as { paused: boolean })
+        .paused,
+      true,
+    );
+    assert.match(
+      (await tern(['policy', 'list'], env())).stdout,
+      /big-daily\s+big\s+@daily\s+latest=3,daily=7\s+datamover→offsite\s+-\s+yes/,
+    );
+    assert.equal(
+      (ok(await tern(['policy', 'resume', 'big-daily', '--json'], env()), 'resume') as { paused: boolean })
+        .paused,
+      false,
+    );
+    const inUse = await tern(['app', 'delete', 'big'], env());
+    assert.equal(inUse.code, 6, `deleting an app a policy names is a conflict: ${inUse.stderr}`);
+    assert.equal((await tern(['profile', 'delete', 'offsite'], env())).code, 6);
+    assert.equal((await tern(['policy', 'get', 'nope'], env())).code, 3);
+
+    // Cancel: change 96 MiB so the export has work to do, start a run, cancel its export while it runs
+    // (over HTTP, what `tern actions cancel` calls, so the CLI's start-up time cannot let it finish first).
+    writeRandom(volPath('east', 'big'), 96 * MiB, 0);
+    const before = (await (
+      await server.fetch('/v1/restorepoints?app=big&tier=repository')
+    ).json()) as RestorePoint[];
+    const run = (await (await server.fetch('/v1/policies/big-daily/run', { method: 'POST' })).json()) as {
+      actionId: string;
+    };
+    let target: ActionRun | undefined;
+    const deadline = Date.now() + 60_000;
+    while (!target && Date.now() < deadline) {
+      const list = (await (await server.fetch(`/v1/actions?run=${run.actionId}`)).json()) as ActionRun[];
+      target = list.find((a) => a.type === 'export' && a.state === 'Running');
+      if (!target) await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.ok(target, 'export running');
+    const cancel = await server.fetch(`/v1/actions/${target.id}/cancel`, { method: 'POST' });
+    assert.equal(cancel.status, 202);
+    let final = target;
+    while (!['Cancelled', 'Complete', 'Failed'].includes(final.state) && Date.now() < deadline + 30_000) {
+      await new Promise((r) => setTimeout(r, 50));
+      final = (await (await server.fetch(`/v1/actions/${target.id}`)).json()) as ActionRun;
+    }
+    assert.equal(
+      final.state,
+      'Cancelled',
+      `export ${final.state} after cancel (${final.bytesRead} bytes read)`,
+    );
+    const afterCancel = (await (
+      await server.fetch('/v1/restorepoints?app=big&tier=repository')
+    ).json()) as RestorePoint[];
+    assert.equal(afterCancel.length, before.length, 'a cancelled export adds no repository tier');
+    // The CLI verb on the (now terminal) action: prints its state, exit 0; an unknown id is exit 3.
+    const c = await tern(['actions', 'cancel', target.id], env());
+    assert.equal(c.code, 0, c.stderr);
+    assert.match(c.stdout, /Cancelled/);
+    assert.equal((await tern(['actions', 'cancel', 'act-nope'], env())).code, 3);
+    const failedRun = await tern(['actions', '--state', 'Cancelled', '--json'], env());
+    assert.ok((ok(failedRun, 'actions --state') as ActionRun[]).some((a) => a.id === target.id));
+
+    ok(await tern(['policy', 'delete', 'big-daily', '--json'], env()), 'policy delete');
+    assert.equal((await tern(['policy', 'get', 'big-daily'], env())).code, 3);
+    ok(await tern(['app', 'delete', 'big-copy'], env()), 'app delete');
+    const apps = ok(await tern(['app', 'list', '--json'], env()), 'apps') as { name: string }[];
+    assert.ok(!apps.some((a) => a.name === 'big-copy'));
+  });
+
   test('SIGTERM: graceful shutdown exits 0 and removes server.url', async () => {
     const code = await server.stop();
     assert.equal(code, 0, server.log());
