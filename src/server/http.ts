@@ -62,7 +62,8 @@ export class HttpServer {
     res.writeHead(200, {
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-store',
-      connection: 'keep-alive',
+      // The socket closes with the stream, so shutdown does not wait for an idle keep-alive.
+      connection: 'close',
       'x-accel-buffering': 'no',
     });
     res.write(': tern event stream\n\n');
