@@ -10,9 +10,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { InputError } from '../../src/core/index.ts';
+import { InputError, ManualClock } from '../../src/core/index.ts';
 import {
   DatamoverExporter,
+  DrService,
   DrStateStore,
   SnapshotCopyExporter,
   SourceStateStore,
@@ -428,6 +429,76 @@ test('an export SIGKILLed mid-copy publishes nothing and leaves no copy; the nex
     });
     assert.equal(sha(path.join(w.west, 'volumes', 'back')), want);
   }
+});
+
+test('an import policy runs when due: first at once, then on its schedule, with retention and a warm standby', async (t) => {
+  const w = await world();
+  t.after(() => w.cleanup());
+  const { token } = await exportRun(w, 'copy', 1);
+  const clock = new ManualClock(Date.UTC(2026, 10, 25, 10, 5));
+  const westPlatform = new LocalPlatform({ regions: { west: w.west } });
+  const dr = new DrService({
+    site: 'west',
+    stateDir: w.westState,
+    importSecret: SECRET,
+    clock,
+    platform: westPlatform,
+  });
+  await assert.rejects(
+    dr.createImportPolicy({ name: 'bad', token: token.slice(0, -5), frequency: '@hourly' }),
+    InputError,
+  );
+  await dr.createImportPolicy({
+    name: 'shop-from-east',
+    token,
+    frequency: '@hourly',
+    keepLast: 2,
+    restoreAfterImport: true,
+    standby: { prefix: 'standby-' },
+  });
+  const first = await dr.tick();
+  assert.deepEqual(
+    first.map((r) => [r.policy, r.result?.imported]),
+    [['shop-from-east', ['copy-1']]],
+  );
+  for (let n = 2; n <= 3; n++) {
+    scribble(w.file, n);
+    await exportRun(w, 'copy', n);
+  }
+  clock.advance(30 * 60_000); // 10:35: the 11:00 run is not due yet
+  assert.deepEqual(await dr.tick(), []);
+  clock.advance(30 * 60_000); // 11:05
+  const second = await dr.tick();
+  assert.deepEqual(second[0]?.result?.imported, ['copy-2', 'copy-3']);
+  assert.deepEqual(second[0]?.result?.forgotten, ['copy-1']);
+  assert.equal(
+    sha(path.join(w.west, 'volumes', 'standby-data')),
+    sha(w.file),
+    'the standby holds the newest data',
+  );
+  const [pol] = await dr.listImportPolicies();
+  assert.equal(pol?.lastResult?.imported, 2);
+  assert.equal(pol?.lastRunAt, clock.now().toISOString());
+  const rep = await dr.report();
+  assert.equal(rep[0]?.paths[0]?.restorePoints, 2);
+  const listed = JSON.parse(
+    await runTern(['dr', 'policy', 'list', '--site-dir', w.westState, '--site', 'west', '--json'], {
+      TERN_IMPORT_SECRET: SECRET,
+    }),
+  ) as { name: string; token?: string }[];
+  assert.deepEqual(
+    listed.map((p) => [p.name, p.token]),
+    [['shop-from-east', undefined]],
+  );
+  const ran = JSON.parse(
+    await runTern(
+      ['dr', 'policy', 'run', 'shop-from-east', '--site-dir', w.westState, '--site', 'west', '--json'],
+      {
+        TERN_IMPORT_SECRET: SECRET,
+      },
+    ),
+  ) as { result: { imported: string[] } }[];
+  assert.deepEqual(ran[0]?.result.imported, []);
 });
 
 test('demo smoke: tern demo --size 32MiB --json prints the table fields with sane RPO/RTO', async () => {

@@ -136,6 +136,73 @@ export function registerDr(program: Command): void {
       },
     );
 
+  const pol = dr.command('policy').description('import policies: scheduled imports at the DR site');
+  const service = async (o: Common) =>
+    new DrService({
+      site: o.site,
+      stateDir: path.resolve(o.siteDir ?? process.env.TERN_DR_SITE_DIR ?? ''),
+      importSecret: await secret(o),
+    });
+  withCommon(pol.command('add <name>').description('import a stream on a schedule'))
+    .requiredOption('--token-file <file>', 'export details of the stream')
+    .option('--frequency <f>', '@hourly, @daily… or a cron expression (UTC)', '@hourly')
+    .option('--keep-last <n>', 'keep the n newest imported restore points', Number)
+    .option('--restore', 'warm standby: restore the newest restore point after each import')
+    .option('--standby-prefix <p>', 'name prefix of standby volumes')
+    .action(
+      async (
+        name: string,
+        o: Common & {
+          tokenFile: string;
+          frequency: string;
+          keepLast?: number;
+          restore?: boolean;
+          standbyPrefix?: string;
+        },
+      ) => {
+        const p = await (
+          await service(o)
+        ).createImportPolicy({
+          name,
+          token: (await fsp.readFile(o.tokenFile, 'utf8')).trim(),
+          frequency: o.frequency,
+          ...(o.keepLast ? { keepLast: o.keepLast } : {}),
+          restoreAfterImport: o.restore ?? false,
+          ...(o.standbyPrefix ? { standby: { prefix: o.standbyPrefix } } : {}),
+        });
+        if (o.json) return printJson({ ...p, token: undefined });
+        process.stdout.write(`import policy ${p.name} created (${String(p.frequency)})\n`);
+      },
+    );
+  withCommon(pol.command('list').description('list import policies')).action(async (o: Common) => {
+    const ps = await (await service(o)).listImportPolicies();
+    if (o.json) return printJson(ps.map((p) => ({ ...p, token: undefined })));
+    printTable(
+      ['name', 'frequency', 'keep', 'standby', 'last run', 'last result'],
+      ps.map((p) => [
+        p.name,
+        typeof p.frequency === 'string' ? p.frequency : JSON.stringify(p.frequency),
+        p.keepLast ? String(p.keepLast) : 'all',
+        p.restoreAfterImport ? 'yes' : 'no',
+        p.lastRunAt ?? '-',
+        p.lastResult ? (p.lastResult.error ?? `${p.lastResult.imported} imported`) : '-',
+      ]),
+    );
+  });
+  withCommon(pol.command('run [name]').description('run one import policy now, or every due one')).action(
+    async (name: string | undefined, o: Common) => {
+      const svc = await service(o);
+      const out = name
+        ? [{ policy: name, result: await svc.runImportPolicy(name, { signal: signal() }) }]
+        : await svc.tick({ signal: signal() });
+      if (o.json) return printJson(out);
+      for (const r of out)
+        process.stdout.write(
+          `${r.policy}: ${'error' in r && r.error ? `error: ${r.error}` : `${r.result?.imported.length ?? 0} imported`}\n`,
+        );
+    },
+  );
+
   withCommon(
     dr.command('report').description('per app and path: achieved RPO, export durations, RTO, 3-2-1'),
   ).action(async (o: Common) => {

@@ -20,6 +20,8 @@ export {
   SourceStateStore,
   type DrState,
   type ImportStream,
+  type ImportPolicy,
+  ImportPolicySchema,
   type ImportedRestorePoint,
   type RestoreRun,
   type SourceState,

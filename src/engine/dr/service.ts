@@ -5,6 +5,7 @@
  */
 import path from 'node:path';
 import type { Clock, RunOptions } from '../../core/index.ts';
+import type { z } from 'zod';
 import { systemClock } from '../../core/index.ts';
 import type { Platform } from '../../platforms/index.ts';
 import { openStore } from '../../storage/index.ts';
@@ -18,7 +19,17 @@ import { drReport } from './report.ts';
 import type { AppReport } from './report.ts';
 import { restoreAtDr } from './restore.ts';
 import type { RestoreOptions, RestoreResult } from './restore.ts';
-import { DrStateStore } from './state.ts';
+import {
+  ConflictError,
+  describeError,
+  frequencyToCron,
+  NotFoundError,
+  parseInput,
+} from '../../core/index.ts';
+import { latestDue } from '../scheduler.ts';
+import { readStreamDetails } from './token.ts';
+import { DrStateStore, ImportPolicySchema } from './state.ts';
+import type { ImportPolicy } from './state.ts';
 import type { RestorePointRecord } from './types.ts';
 
 export interface DrServiceOptions {
@@ -81,6 +92,87 @@ export class DrService {
       ...(this.o.platform && !opts.platform ? { platform: this.o.platform } : {}),
       clock: opts.clock ?? this.o.clock ?? systemClock,
     });
+  }
+
+  // ---- import policies: scheduled imports (catch-up, retention, warm standby) ----
+
+  async createImportPolicy(input: z.input<typeof ImportPolicySchema>): Promise<ImportPolicy> {
+    const p = parseInput(ImportPolicySchema, input, 'import policy');
+    readStreamDetails(p.token, this.o.importSecret); // rejects a bad token before it is stored
+    return this.state.update((s) => {
+      if (s.policies[p.name]) throw new ConflictError(`import policy "${p.name}" exists`);
+      s.policies[p.name] = p;
+      return p;
+    });
+  }
+
+  async listImportPolicies(): Promise<ImportPolicy[]> {
+    return Object.values((await this.state.read()).policies);
+  }
+
+  async deleteImportPolicy(name: string): Promise<void> {
+    await this.state.update((s) => {
+      if (!s.policies[name]) throw new NotFoundError(`no import policy "${name}"`);
+      delete s.policies[name];
+    });
+  }
+
+  /** Run one import policy now (also when paused). */
+  async runImportPolicy(name: string, opts: RunOptions = {}): Promise<ImportResult> {
+    const p = (await this.state.read()).policies[name];
+    if (!p) throw new NotFoundError(`no import policy "${name}"`);
+    const at = (this.o.clock ?? systemClock).now().toISOString();
+    try {
+      const r = await this.import(p.token, {
+        ...opts,
+        ...(p.keepLast ? { keepLast: p.keepLast } : {}),
+        restoreAfterImport: p.restoreAfterImport,
+        ...(p.standby
+          ? {
+              restore: {
+                ...(p.standby.region ? { region: p.standby.region } : {}),
+                ...(p.standby.prefix ? { nameFor: (v: string) => `${p.standby?.prefix ?? ''}${v}` } : {}),
+              },
+            }
+          : {}),
+      });
+      await this.recordRun(name, { at, imported: r.imported.length });
+      return r;
+    } catch (err) {
+      await this.recordRun(name, { at, imported: 0, error: describeError(err) });
+      throw err;
+    }
+  }
+
+  private async recordRun(name: string, result: NonNullable<ImportPolicy['lastResult']>): Promise<void> {
+    await this.state.update((s) => {
+      const cur = s.policies[name];
+      if (!cur) return;
+      cur.lastRunAt = result.at;
+      cur.lastResult = result;
+    });
+  }
+
+  /**
+   * Run every unpaused import policy that is due: never run, or a scheduled time passed since its last run.
+   * Missed times make one run (an import catches up on every restore point anyway). Errors are recorded on the
+   * policy and reported, not thrown.
+   */
+  async tick(opts: RunOptions = {}): Promise<{ policy: string; result?: ImportResult; error?: string }[]> {
+    const now = (this.o.clock ?? systemClock).now();
+    const out: { policy: string; result?: ImportResult; error?: string }[] = [];
+    for (const p of await this.listImportPolicies()) {
+      if (p.paused) continue;
+      const due =
+        !p.lastRunAt || latestDue(frequencyToCron(p.frequency), new Date(p.lastRunAt), now) !== undefined;
+      if (!due) continue;
+      try {
+        out.push({ policy: p.name, result: await this.runImportPolicy(p.name, opts) });
+      } catch (err) {
+        out.push({ policy: p.name, error: describeError(err) });
+      }
+    }
+    return out;
   }
 
   /**

@@ -6,7 +6,7 @@
 import path from 'node:path';
 import { z } from 'zod';
 import { IntegrityError } from '../../core/index.ts';
-import { ExportedRestorePointSchema } from '../../core/index.ts';
+import { ExportedRestorePointSchema, FrequencySchema, NameSchema } from '../../core/index.ts';
 import { readJsonFile, writeFileAtomic } from './atomic.ts';
 import { RestorePointRecordSchema, VolumeExportSchema } from './types.ts';
 
@@ -63,10 +63,34 @@ export const RestoreRunSchema = z.object({
 });
 export type RestoreRun = z.infer<typeof RestoreRunSchema>;
 
+/** An import policy of the DR site: import a stream on a schedule, with retention and an optional standby. */
+export const ImportPolicySchema = z.object({
+  name: NameSchema,
+  kind: z.literal('import').default('import'),
+  /** Export details of the stream (its repository key stays wrapped). */
+  token: z.string().min(1),
+  frequency: FrequencySchema,
+  keepLast: z.number().int().positive().optional(),
+  restoreAfterImport: z.boolean().default(false),
+  /** Warm standby target: region and volume name prefix (default: the source volume names). */
+  standby: z.object({ region: z.string().optional(), prefix: z.string().optional() }).optional(),
+  paused: z.boolean().default(false),
+  lastRunAt: z.iso.datetime().optional(),
+  lastResult: z
+    .object({
+      at: z.iso.datetime(),
+      imported: z.number().int().nonnegative(),
+      error: z.string().optional(),
+    })
+    .optional(),
+});
+export type ImportPolicy = z.infer<typeof ImportPolicySchema>;
+
 const DrStateSchema = z.object({
   v: z.literal(1),
   site: z.string().min(1),
   imports: z.record(z.string(), ImportStreamSchema).default({}),
+  policies: z.record(z.string(), ImportPolicySchema).default({}),
   restores: z.array(RestoreRunSchema).default([]),
 });
 export type DrState = z.infer<typeof DrStateSchema>;
@@ -125,6 +149,7 @@ export class DrStateStore extends JsonManifest<DrState> {
       v: 1,
       site,
       imports: {},
+      policies: {},
       restores: [],
     }));
   }
