@@ -9,7 +9,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { ConflictError, ForbiddenError, NotFoundError, UnavailableError } from '../../src/core/index.ts';
+import {
+  ConflictError,
+  ForbiddenError,
+  InputError,
+  NotFoundError,
+  UnavailableError,
+} from '../../src/core/index.ts';
 import { LocalPlatform } from '../../src/platforms/index.ts';
 import {
   KubeClient,
@@ -22,6 +28,7 @@ import {
   parseBundle,
   parseTransforms,
   restoreBundle,
+  repositoryVolumeRestorer,
   LocalCommandRunner,
   type Bundle,
   type HookRunner,
@@ -553,6 +560,83 @@ describe('kubernetes backup and restore (real kube-apiserver)', { skip }, () => 
     assert.deepEqual(byKind('PersistentVolumeClaim'), ['skip', 'skip']);
     assert.deepEqual(byKind('Namespace'), ['skip']);
     assert.deepEqual((await client.get(cm, NS, 'settings'))['data'], { 'app.conf': 'color=blue\n' });
+  });
+
+  test('DR restore from the datamover repository: bundle and volume data from the repository, no CSI snapshot', async () => {
+    const repo = await Repository.open(new LocalStore(path.join(tmp, 'repo')), 'pw', { workers: 1 });
+    try {
+      const imported = await loadExportedBundle(repo, bundle.id);
+      const t0 = Date.now();
+      const r = await restoreBundle(client, imported, {
+        targetNamespace: 'shop-repo',
+        pollMs: 50,
+        volumeData: repositoryVolumeRestorer(repo, bundle.id, {
+          volumePath: async (pv) => {
+            const handle = (pv['spec'] as { csi: { volumeHandle: string } }).csi.volumeHandle;
+            const vol = (await platform.listVolumes('east')).find((v) => v.id === handle);
+            assert.ok(vol, `local volume ${handle}`);
+            return platform.volumeDataPath(vol);
+          },
+        }),
+      });
+      console.log(
+        `# restore from the repository (${r.volumes.reduce((n, v) => n + (v.bytesWritten ?? 0), 0)} bytes) in ${Date.now() - t0} ms`,
+      );
+      assert.deepEqual(
+        r.volumes.map((v) => v.source),
+        ['data', 'data'],
+      );
+      assert.ok(
+        r.plan
+          .filter((p) => p.kind === 'PersistentVolumeClaim')
+          .every((p) => p.fromData && !p.fromSnapshotHandle),
+      );
+      // Data was in place before the workloads that mount it were created.
+      const order = r.plan.map((p) => p.kind);
+      assert.ok(order.lastIndexOf('PersistentVolumeClaim') < order.indexOf('Deployment'));
+      assert.equal(await snapshotsIn('shop-repo'), 0);
+      for (const [name, buf] of data) {
+        const pvc = await client.get(T.pvc, 'shop-repo', name);
+        assert.equal((pvc['spec'] as { dataSource?: unknown }).dataSource, undefined);
+        assert.ok(
+          fs.readFileSync(await pvcPath('shop-repo', name)).equals(buf),
+          `${name} data from the repository`,
+        );
+      }
+    } finally {
+      await repo.close();
+    }
+  });
+
+  test('a restore that fails part-way removes what it created', async () => {
+    // The Service is created last; this transform makes the API server reject it.
+    const transforms = parseTransforms([
+      { kinds: ['Service'], ops: [{ op: 'replace', path: '/spec/ports/0/port', value: 70000 }] },
+    ]);
+    await assert.rejects(
+      restoreBundle(client, bundle, { targetNamespace: 'shop-bad', transforms, pollMs: 50 }),
+      (err: unknown) => {
+        assert.ok(err instanceof InputError, String(err));
+        assert.match(err.message, /Kubernetes rejected POST \/api\/v1\/namespaces\/shop-bad\/services/);
+        assert.equal((err.details as { leftovers?: string[] }).leftovers?.length, 0);
+        return true;
+      },
+    );
+    for (const t of [cm, secret, sa, apps, widget, T.volumeSnapshot])
+      assert.deepEqual(await client.list(t, 'shop-bad'), [], `no ${t.kind} left`);
+    await waitFor('claims gone', async () =>
+      (await client.list(T.pvc, 'shop-bad')).length === 0 ? true : undefined,
+    );
+    const contents = await client.list(T.volumeSnapshotContent);
+    assert.ok(
+      !contents.some(
+        (c) =>
+          (c['spec'] as { volumeSnapshotRef: { namespace: string } }).volumeSnapshotRef.namespace ===
+          'shop-bad',
+      ),
+    );
+    const ns = await client.find(T.namespace, undefined, 'shop-bad');
+    assert.ok(!ns || ns.metadata.deletionTimestamp, 'namespace deleted');
   });
 
   test('errors: missing snapshot class, unbound PVC, RBAC forbidden — clear errors, nothing created', async () => {

@@ -10,9 +10,11 @@ import path from 'node:path';
 import type { RunOptions } from '../../core/index.ts';
 import { IntegrityError, NotFoundError, throwIfAborted } from '../../core/index.ts';
 import type { Repository, SnapshotManifest } from '../../repo/index.ts';
-import { backupImage } from '../../repo/index.ts';
+import { backupImage, restoreImage } from '../../repo/index.ts';
 import { backupTree, restoreTree } from '../../repo/tree/index.ts';
 import { parseBundle, type Bundle, type VolumeRecord } from './bundle.ts';
+import type { KubeObject } from './client.ts';
+import type { VolumeDataRestorer } from './restore.ts';
 
 export interface SnapshotDataAccess {
   /** A path on this host holding the snapshot's data (a file = block image, a directory = tree). */
@@ -129,4 +131,30 @@ export async function findVolumeExport(
   const m = snaps.find((s) => s.tags.includes(tagFor(backupId)) && s.tags.includes(`pvc:${pvc}`));
   if (!m) throw new NotFoundError(`no exported data for PVC "${pvc}" of backup "${backupId}"`);
   return m;
+}
+
+/** Where a bound claim's volume can be written on this host (in a cluster: a datamover Job mounting it). */
+export interface VolumeDataTarget {
+  /** A file (block image target) or a directory (tree target) holding the volume of `pv`. */
+  volumePath(pv: KubeObject, opts?: RunOptions): Promise<string>;
+}
+
+/** Fills restored claims from an exported backup in the repository (the DR path: no CSI snapshot needed). */
+export function repositoryVolumeRestorer(
+  repo: Repository,
+  backupId: string,
+  target: VolumeDataTarget,
+): VolumeDataRestorer {
+  return {
+    async restore(volume, { pv }, opts) {
+      const m = await findVolumeExport(repo, backupId, volume.pvc, opts);
+      const dst = await target.volumePath(pv, opts);
+      if (m.root.kind === 'image') {
+        const r = await restoreImage(repo, m.root.map, dst, { ...opts, overwrite: true });
+        return { bytesWritten: r.bytesWritten };
+      }
+      const r = await restoreTree(repo, m.root.tree, dst, { ...opts, overwrite: true });
+      return { bytesWritten: r.bytes };
+    },
+  };
 }

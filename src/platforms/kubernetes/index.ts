@@ -24,6 +24,12 @@ export {
   type PatchOp,
 } from './transforms.ts';
 export { planRestore, restoreBundle, RESTORE_LABEL } from './restore.ts';
-export type { RestoreOptions, RestoreResult, PlanItem } from './restore.ts';
-export { exportBackup, loadExportedBundle, findVolumeExport, BUNDLE_TAG } from './export.ts';
-export type { SnapshotDataAccess, ExportResult } from './export.ts';
+export type { RestoreOptions, RestoreResult, PlanItem, VolumeDataRestorer } from './restore.ts';
+export {
+  exportBackup,
+  loadExportedBundle,
+  findVolumeExport,
+  repositoryVolumeRestorer,
+  BUNDLE_TAG,
+} from './export.ts';
+export type { SnapshotDataAccess, ExportResult, VolumeDataTarget } from './export.ts';

@@ -38,6 +38,19 @@ export interface RestoreOptions extends RunOptions {
   waitForVolumes?: boolean;
   timeoutMs?: number;
   pollMs?: number;
+  /**
+   * Restore volume data from elsewhere than CSI snapshots (the datamover repository at a DR site): claims are
+   * made empty, and once bound, before any workload is created, this fills each one.
+   */
+  volumeData?: VolumeDataRestorer;
+}
+
+export interface VolumeDataRestorer {
+  restore(
+    volume: VolumeRecord,
+    target: { namespace: string; pvc: KubeObject; pv: KubeObject },
+    opts: RunOptions,
+  ): Promise<{ bytesWritten: number }>;
 }
 
 export interface PlanItem {
@@ -51,6 +64,8 @@ export interface PlanItem {
   transforms: number[];
   /** For PVCs: the snapshot handle the claim is restored from. */
   fromSnapshotHandle?: string;
+  /** For PVCs: filled by the volume data restorer (datamover) instead of a snapshot. */
+  fromData?: boolean;
 }
 
 export interface RestoreResult {
@@ -60,7 +75,13 @@ export interface RestoreResult {
   plan: PlanItem[];
   /** "apiVersion/kind/namespace/name" of every object created or replaced. */
   applied: string[];
-  volumes: { pvc: string; volumeSnapshot: string; volumeSnapshotContent: string }[];
+  volumes: {
+    pvc: string;
+    source: 'snapshot' | 'data';
+    volumeSnapshot?: string;
+    volumeSnapshotContent?: string;
+    bytesWritten?: number;
+  }[];
   warnings: string[];
 }
 
@@ -188,7 +209,9 @@ export async function planRestore(
         const spec = (o['spec'] ??= {}) as Record<string, unknown>;
         const vsName = `tern-${restoreId}-${r.metadata.name}`.slice(0, 253);
         delete spec['dataSourceRef'];
-        spec['dataSource'] = { apiGroup: T.volumeSnapshot.group, kind: 'VolumeSnapshot', name: vsName };
+        delete spec['dataSource'];
+        if (!opts.volumeData)
+          spec['dataSource'] = { apiGroup: T.volumeSnapshot.group, kind: 'VolumeSnapshot', name: vsName };
       }
     }
     const t = applyTransforms(o, transforms);
@@ -204,7 +227,8 @@ export async function planRestore(
       namespace: o.kind === 'Namespace' ? undefined : target,
       action: 'create',
       transforms: t.applied,
-      fromSnapshotHandle: volume?.snapshotHandle,
+      fromSnapshotHandle: opts.volumeData ? undefined : volume?.snapshotHandle,
+      fromData: volume && opts.volumeData ? true : undefined,
     };
     steps.push({ type: resolve(o), object: o, item, sourceUid, volume });
   }
@@ -268,7 +292,7 @@ async function checkAccess(
   for (const s of steps) {
     if (s.item.action === 'create') want(s.type, 'create');
     if (s.item.action === 'overwrite') want(s.type, 'update');
-    if (s.volume && s.item.action === 'create') {
+    if (s.volume && s.item.action === 'create' && s.item.fromSnapshotHandle) {
       want(T.volumeSnapshot, 'create');
       want(T.volumeSnapshotContent, 'create');
     }
@@ -326,6 +350,19 @@ export async function restoreBundle(
     return out;
   };
   const pvcs: string[] = [];
+  const toFill: { name: string; volume: VolumeRecord }[] = [];
+  // Data goes in once the claims are bound and before anything that would mount them is created.
+  const fillVolumes = async (): Promise<void> => {
+    while (toFill.length > 0) {
+      const { name, volume } = toFill.shift()!;
+      const pvc = await waitBound(client, namespace, name, clock, opts);
+      const pvName = (pvc['spec'] as { volumeName?: string } | undefined)?.volumeName ?? '';
+      const pv = await client.get(T.pv, undefined, pvName, opts.signal);
+      opts.onProgress?.({ phase: 'restore-data', bytesRead: 0, bytesTransferred: 0 });
+      const r = await opts.volumeData!.restore(volume, { namespace, pvc, pv }, opts);
+      result.volumes.push({ pvc: name, source: 'data', bytesWritten: r.bytesWritten });
+    }
+  };
   try {
     for (const s of steps) {
       throwIfAborted(opts.signal);
@@ -364,11 +401,13 @@ export async function restoreBundle(
         }
         out = await client.replace(s.type, obj, { signal: opts.signal });
       } else {
-        if (s.volume) {
+        if (s.volume && !opts.volumeData) {
           const v = await provisionSnapshot(client, s.volume, obj, restoreId, create, opts);
-          result.volumes.push(v);
+          result.volumes.push({ ...v, source: 'snapshot' });
         }
+        if (rank(obj.kind) > rank('PersistentVolumeClaim')) await fillVolumes();
         out = await create(s.type, obj);
+        if (s.volume && opts.volumeData) toFill.push({ name: obj.metadata.name, volume: s.volume });
         if (obj.kind === 'CustomResourceDefinition')
           await waitEstablished(client, obj.metadata.name, clock, opts);
         if (obj.kind === 'PersistentVolumeClaim') pvcs.push(obj.metadata.name);
@@ -376,6 +415,7 @@ export async function restoreBundle(
       if (s.sourceUid && out.metadata.uid) uidMap.set(s.sourceUid, out.metadata.uid);
       result.applied.push(displayKey(obj));
     }
+    await fillVolumes();
     if (opts.waitForVolumes ?? true) {
       for (const name of pvcs) await waitBound(client, namespace, name, clock, opts);
     }
@@ -466,12 +506,12 @@ async function waitBound(
   name: string,
   clock: Clock,
   opts: RestoreOptions,
-): Promise<void> {
+): Promise<KubeObject> {
   const deadline = clock.now().getTime() + (opts.timeoutMs ?? 600_000);
   for (;;) {
     const pvc = await client.get(T.pvc, ns, name, opts.signal);
     const phase = (pvc['status'] as { phase?: string } | undefined)?.phase;
-    if (phase === 'Bound') return;
+    if (phase === 'Bound') return pvc;
     if (clock.now().getTime() > deadline)
       throw new UnavailableError(
         `restored PVC ${ns}/${name} not bound in time (phase ${phase ?? 'unknown'})`,
