@@ -32,6 +32,9 @@ export function kubeBinDir(): string {
 /** Why the Kubernetes tests cannot run here, or undefined when they can. */
 export function kubeSkipReason(): string | undefined {
   const dir = kubeBinDir();
+  const failed = path.join(dir, '..', 'build-failed.log');
+  if (fs.existsSync(failed) && !fs.existsSync(path.join(dir, 'kube-apiserver')))
+    return `building kube-apiserver/etcd failed (scripts/peers.d/30-kube.sh); log: ${failed}: ${fs.readFileSync(failed, 'utf8').trim().split('\n').slice(-3).join(' | ')}`;
   for (const b of ['kube-apiserver', 'etcd']) {
     if (!fs.existsSync(path.join(dir, b)))
       return `${b} not found in ${dir}: run scripts/peers.d/30-kube.sh (builds it from the Go module proxy; needs go)`;
