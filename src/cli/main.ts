@@ -7,7 +7,27 @@ import module from 'node:module';
 module.enableCompileCache();
 const { Command, CommanderError } = await import('commander');
 const { describeError, exitCodeFor, errorCodeOf } = await import('../core/index.ts');
-const { modules } = await import('./commands/index.ts');
+/**
+ * Verbs that commands/repo.ts alone registers: for these only that module is loaded. The other modules pull in
+ * the engine, platforms and cloud SDKs (~0.5 s of CPU), which the datamover verbs never need.
+ */
+const REPO_VERBS = new Set([
+  'repo',
+  'backup',
+  'snapshots',
+  'ls',
+  'restore',
+  'verify',
+  'forget',
+  'prune',
+  'stats',
+  'key',
+]);
+const verb = process.argv.slice(2).find((a) => !a.startsWith('-'));
+const modules =
+  verb !== undefined && REPO_VERBS.has(verb)
+    ? [(await import('./commands/repo.ts')).registerRepo]
+    : (await import('./commands/index.ts')).modules;
 
 export function buildProgram(): InstanceType<typeof Command> {
   const program = new Command('tern')
