@@ -4,7 +4,7 @@
  */
 import crypto from 'node:crypto';
 import zlib from 'node:zlib';
-import { IntegrityError } from '../core/index.ts';
+import { IntegrityError } from '../core/errors.ts';
 
 export const NONCE_LEN = 12;
 export const TAG_LEN = 16;

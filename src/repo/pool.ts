@@ -1,7 +1,7 @@
 /** A small pool of worker threads for blob crypto; ArrayBuffers are transferred, never copied. */
 import { Worker } from 'node:worker_threads';
 import os from 'node:os';
-import { IntegrityError, StorageError } from '../core/index.ts';
+import { IntegrityError, StorageError } from '../core/errors.ts';
 import type { MasterKey } from './crypto.ts';
 
 export type WorkerRequest =

@@ -1,7 +1,7 @@
 /** Worker thread: hash + compress + encrypt (save) and decrypt + decompress (+ verify) of blobs. */
 import { parentPort } from 'node:worker_threads';
 import crypto from 'node:crypto';
-import { IntegrityError } from '../core/index.ts';
+import { IntegrityError } from '../core/errors.ts';
 import {
   blobAad,
   blobIdOf,
