@@ -74,9 +74,13 @@ registerStore('azblob', async (url, o) => {
       'an Azure repository URL needs an account and a container: azblob://account/container/prefix',
     );
   const endpoint = o.azureEndpoint ?? (env.AZURE_STORAGE_ENDPOINT || undefined);
-  const connectionString = o.azureConnectionString ?? (env.AZURE_STORAGE_CONNECTION_STRING || undefined);
-  const key = o.azureKey ?? (env.AZURE_STORAGE_KEY || undefined);
-  const sas = o.azureSas ?? (env.AZURE_STORAGE_SAS_TOKEN || undefined);
+  // Credentials given as options (a location profile) win as a whole over the environment.
+  const explicit = o.azureConnectionString ?? o.azureKey ?? o.azureSas;
+  const connectionString = explicit
+    ? o.azureConnectionString
+    : env.AZURE_STORAGE_CONNECTION_STRING || undefined;
+  const key = explicit ? o.azureKey : env.AZURE_STORAGE_KEY || undefined;
+  const sas = explicit ? o.azureSas : env.AZURE_STORAGE_SAS_TOKEN || undefined;
   const { AzureBlobStore } = await import('./azblob.ts');
   return new AzureBlobStore({
     account,

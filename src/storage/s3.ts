@@ -154,7 +154,7 @@ export class S3Store implements ObjectStore {
         const r = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.k(key) }), {
           abortSignal,
         });
-        return r.Body ? Buffer.from(await r.Body.transformToByteArray()) : Buffer.alloc(0);
+        return r.Body ? asBuffer(await r.Body.transformToByteArray()) : Buffer.alloc(0);
       },
       opts,
       GET_BYTES_GUESS,
@@ -177,7 +177,7 @@ export class S3Store implements ObjectStore {
             }),
             { abortSignal },
           );
-          return r.Body ? Buffer.from(await r.Body.transformToByteArray()) : Buffer.alloc(0);
+          return r.Body ? asBuffer(await r.Body.transformToByteArray()) : Buffer.alloc(0);
         },
         opts,
         length,
@@ -440,6 +440,11 @@ function failureOf(err: unknown): Failure {
     ...(code ? { code } : {}),
     message: e?.message ?? String(err),
   };
+}
+
+/** A Buffer view of the SDK's bytes (Buffer.from(Uint8Array) would copy every pack read). */
+function asBuffer(a: Uint8Array): Buffer {
+  return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 }
 
 function headerOf(err: unknown, name: string): string | undefined {
