@@ -24,7 +24,10 @@ export interface Azurite {
 
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
 
-export async function startAzurite(accountNames: string[] = ['tern1', 'tern2']): Promise<Azurite> {
+export async function startAzurite(
+  accountNames: string[] = ['tern1', 'tern2'],
+  opts: { inMemory?: boolean } = {},
+): Promise<Azurite> {
   const port = await freePort();
   const location = await mkdtemp(path.join(tmpdir(), 'tern-azurite-'));
   const accounts = accountNames.map((name) => ({ name, key: randomBytes(32).toString('base64') }));
@@ -37,8 +40,8 @@ export async function startAzurite(accountNames: string[] = ['tern1', 'tern2']):
       '127.0.0.1',
       '--blobPort',
       String(port),
-      '--location',
-      location,
+      // In memory: large page-blob copies run faster than through Azurite's extent files (64 MiB: ~2.8 s vs ~4.5 s here).
+      ...(opts.inMemory ? ['--inMemoryPersistence'] : ['--location', location]),
       '--loose',
       '--skipApiVersionCheck',
       '--silent',
