@@ -6,7 +6,14 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { CancelledError, NotFoundError, StorageError } from '../../src/core/index.ts';
+import { ListMultipartUploadsCommand, S3Client } from '@aws-sdk/client-s3';
+import {
+  CancelledError,
+  ForbiddenError,
+  NoSpaceError,
+  NotFoundError,
+  StorageError,
+} from '../../src/core/index.ts';
 import { AzureBlobStore } from '../../src/storage/azblob.ts';
 import { S3Store } from '../../src/storage/s3.ts';
 import type { ObjectStore } from '../../src/storage/index.ts';
@@ -24,6 +31,8 @@ interface Server {
   store(opts: { multipart?: boolean; maxAttempts?: number; timeoutMs?: number }): ObjectStore;
   /** Does this request upload one part/block of a multipart object? */
   isPart(method: string, url: string): boolean;
+  /** Multipart uploads started and neither completed nor aborted (S3 only). */
+  pendingUploads?(): Promise<number>;
   stop(): Promise<void>;
 }
 
@@ -46,6 +55,21 @@ const servers: { name: string; start(proxy: () => FaultProxy): Promise<Server | 
             ...(o.timeoutMs ? { requestTimeoutMs: o.timeoutMs } : {}),
           }),
         isPart: (method, url) => method === 'PUT' && /[?&]partNumber=/.test(url),
+        pendingUploads: async () => {
+          // Asked of moto directly, not through the proxy.
+          const c = new S3Client({
+            endpoint: moto.endpoint,
+            region: moto.region,
+            forcePathStyle: true,
+            credentials: { accessKeyId: moto.accessKeyId, secretAccessKey: moto.secretAccessKey },
+          });
+          try {
+            const r = await c.send(new ListMultipartUploadsCommand({ Bucket: 'tern-retry' }));
+            return r.Uploads?.length ?? 0;
+          } finally {
+            c.destroy();
+          }
+        },
         stop: () => moto.stop(),
       };
     },
@@ -148,7 +172,10 @@ for (const s of servers) {
       const t0 = performance.now();
       assert.equal((await st.head('c'))?.size, data.length);
       const ms = performance.now() - t0;
-      assert.ok(ms >= 900 && ms < 5000, `the hung request was given up by the 1 s timeout (${ms.toFixed(0)} ms)`);
+      assert.ok(
+        ms >= 900 && ms < 5000,
+        `the hung request was given up by the 1 s timeout (${ms.toFixed(0)} ms)`,
+      );
       assert.equal(count(), 2);
       assert.ok((await st.get('c')).equals(data));
     });
@@ -183,6 +210,31 @@ for (const s of servers) {
       count = faults(() => undefined);
       await assert.rejects(st.get('missing'), NotFoundError);
       assert.equal(count(), 1);
+    });
+
+    test('507 is NoSpaceError and 403 ForbiddenError, neither retried', async (t) => {
+      if (!server) return t.skip(skip);
+      const st = open({});
+      let count = faults(() => ({ kind: 'status', status: 507 }));
+      await assert.rejects(st.put('e', Buffer.from('x')), NoSpaceError);
+      assert.equal(count(), 1);
+      count = faults(() => ({ kind: 'status', status: 403 }));
+      await assert.rejects(st.get('warmup'), ForbiddenError);
+      assert.equal(count(), 1);
+      faults(() => undefined);
+    });
+
+    test('a multipart put that fails for good leaves no upload behind', async (t) => {
+      if (!server) return t.skip(skip);
+      if (!server.pendingUploads) return t.skip('no multipart upload state to inspect on this server');
+      const st = open({ multipart: true });
+      faults((_i, method, url) =>
+        server!.isPart(method, url) ? { kind: 'status', status: 403 } : undefined,
+      );
+      await assert.rejects(st.put('doomed', crypto.randomBytes(12 * MiB)), ForbiddenError);
+      faults(() => undefined);
+      assert.equal(await server.pendingUploads(), 0, 'the multipart upload was aborted');
+      assert.equal(await st.head('doomed'), undefined);
     });
 
     test('abort during a long Retry-After ends at once with CancelledError', async (t) => {
