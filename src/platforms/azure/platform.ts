@@ -42,7 +42,7 @@ import type {
   SnapshotRef,
   VolumeRef,
 } from '../types.ts';
-import type { ClientSecretTokenCredential} from './client.ts';
+import type { ClientSecretTokenCredential } from './client.ts';
 import { createComputeClient } from './client.ts';
 import { blobEndpointFor, locationProblems, normRegion, parseAzureConfig } from './config.ts';
 import type { AzureTarget, ParsedAzureConfig, StorageAccountFacts } from './config.ts';
@@ -104,6 +104,24 @@ function sasBlob(url: string): PageBlobClient {
 /** The SDK reports page ranges as { offset, count } with count = end - start (end inclusive). */
 function sdkRanges(xs: { offset: number; count?: number }[] | undefined): Range[] {
   return mergeRanges((xs ?? []).map((x) => ({ offset: x.offset, length: (x.count ?? 0) + 1 })));
+}
+
+/** Azure RBAC action patterns ("*", "Microsoft.Compute/*", "*\/read") against one action. */
+export function actionAllowed(
+  action: string,
+  grants: { actions: string[]; notActions: string[] }[],
+): boolean {
+  const re = (pattern: string) =>
+    new RegExp(
+      `^${pattern
+        .split('*')
+        .map((x) => x.replace(/[.+?^${}()|[\]\\/]/g, '\\$&'))
+        .join('.*')}$`,
+      'i',
+    );
+  return grants.some(
+    (g) => g.actions.some((a) => re(a).test(action)) && !g.notActions.some((a) => re(a).test(action)),
+  );
 }
 
 function safeName(s: string, max = 80): string {
@@ -242,6 +260,51 @@ export class AzurePlatform implements Platform {
       return await fn();
     } catch (err) {
       throw this.fail(err, what, rg, role, signal);
+    }
+  }
+
+  private async armJson(
+    path: string,
+    signal?: AbortSignal,
+  ): Promise<{ status: number; body: Record<string, unknown> }> {
+    const token = await this.credential.getToken('https://management.azure.com/.default');
+    const res = await fetch(
+      `${(this.config.endpoint ?? 'https://management.azure.com').replace(/\/+$/, '')}${path}`,
+      {
+        headers: { authorization: `Bearer ${token.token}` },
+        ...(signal ? { signal } : {}),
+      },
+    );
+    return { status: res.status, body: (await res.json().catch(() => ({}))) as Record<string, unknown> };
+  }
+
+  /**
+   * Fails fast, before any byte moves, when the service principal lacks an action on a resource group
+   * (Permissions - List For Resource Group). If that API cannot be read the operation runs and fails on its own.
+   */
+  async checkPermissions(rg: string, actions: string[], role: string, signal?: AbortSignal): Promise<void> {
+    let grants: { actions: string[]; notActions: string[] }[];
+    try {
+      const r = await this.armJson(
+        `${this.scope(rg)}/providers/Microsoft.Authorization/permissions?api-version=2022-04-01`,
+        signal,
+      );
+      if (r.status !== 200 || !Array.isArray(r.body['value'])) return;
+      grants = (r.body['value'] as { actions?: string[]; notActions?: string[] }[]).map((g) => ({
+        actions: g.actions ?? [],
+        notActions: g.notActions ?? [],
+      }));
+    } catch (err) {
+      if (signal?.aborted) throw new CancelledError('permission check cancelled', { cause: err });
+      return;
+    }
+    const missing = actions.filter((a) => !actionAllowed(a, grants));
+    if (missing.length > 0) {
+      const scope = this.scope(rg);
+      throw new ForbiddenError(
+        `service principal "${this.config.clientId}" may not ${missing.join(', ')} on scope ${scope}: assign it the "${role}" role on ${scope}`,
+        { details: { role, scope, missing } },
+      );
     }
   }
 
@@ -490,21 +553,10 @@ export class AzurePlatform implements Platform {
       rg,
       'Reader',
       async () => {
-        const token = await this.credential.getToken('https://management.azure.com/.default');
-        const res = await fetch(
-          `${(this.config.endpoint ?? 'https://management.azure.com').replace(/\/+$/, '')}${id}?api-version=2023-05-01`,
-          {
-            headers: { authorization: `Bearer ${token.token}` },
-            ...(opts.signal ? { signal: opts.signal } : {}),
-          },
-        );
-        const parsed = (await res.json().catch(() => ({}))) as Record<string, unknown>;
-        if (res.status >= 400) {
+        const { status, body: parsed } = await this.armJson(`${id}?api-version=2023-05-01`, opts.signal);
+        if (status >= 400) {
           const e = (parsed['error'] ?? {}) as { code?: string; message?: string };
-          throw Object.assign(new Error(e.message ?? `HTTP ${res.status}`), {
-            statusCode: res.status,
-            code: e.code,
-          });
+          throw Object.assign(new Error(e.message ?? `HTTP ${status}`), { statusCode: status, code: e.code });
         }
         return parsed;
       },
@@ -534,6 +586,27 @@ export class AzurePlatform implements Platform {
     const src = parseResourceId(snapshot.id, 'snapshots');
     const srcSnap = await this.getSnapshot(src.rg, src.name, signal);
     const size = srcSnap.diskSizeBytes ?? snapshot.sizeBytes;
+    await this.checkPermissions(
+      t.resourceGroup,
+      [
+        'Microsoft.Compute/snapshots/read',
+        'Microsoft.Compute/snapshots/write',
+        'Microsoft.Compute/snapshots/delete',
+        'Microsoft.Compute/snapshots/beginGetAccess/action',
+        'Microsoft.Compute/snapshots/endGetAccess/action',
+      ],
+      SNAPSHOT_ROLE,
+      signal,
+    );
+    await this.checkPermissions(
+      src.rg,
+      [
+        'Microsoft.Compute/snapshots/beginGetAccess/action',
+        'Microsoft.Compute/snapshots/endGetAccess/action',
+      ],
+      SNAPSHOT_ROLE,
+      signal,
+    );
     const drName = safeName(`${src.name}-${toRegion}`);
     const tags: Record<string, string> = {
       ...(srcSnap.tags ?? {}),
@@ -543,7 +616,9 @@ export class AzurePlatform implements Platform {
 
     // A crash in an earlier attempt of this very copy may have left its VHD or an unfinished snapshot.
     const vhd = this.container(t).getPageBlobClient(`${drName}.vhd`);
-    await this.cleanup(t, drName, true);
+    await this.arm(`remove leftovers of an earlier copy ${drName}`, t.resourceGroup, SNAPSHOT_ROLE, () =>
+      this.cleanup(t, drName, true),
+    );
 
     if (this.config.copyMode === 'copystart')
       return this.copyStart(snapshot, srcSnap, t, toRegion, drName, tags, opts);
@@ -625,7 +700,7 @@ export class AzurePlatform implements Platform {
       );
       return { snapshot: this.toRef(copy), bytesTransferred: moved, incremental };
     } catch (err) {
-      await this.cleanup(t, drName, created);
+      await this.cleanup(t, drName, created).catch(() => {});
       throw this.fail(
         err,
         `copy snapshot ${src.name} to ${toRegion}`,
@@ -651,13 +726,27 @@ export class AzurePlatform implements Platform {
     }
     await vhd.deleteIfExists().catch(() => {});
     if (!snapshotToo) return;
-    try {
-      await this.client.snapshots.get(t.resourceGroup, drName);
-    } catch {
-      return;
+    // An import still running for a killed attempt answers 409 to everything: let it finish, then drop it.
+    const deadline = Date.now() + 10 * 60_000;
+    for (;;) {
+      let s: Snapshot;
+      try {
+        s = await this.client.snapshots.get(t.resourceGroup, drName);
+      } catch (err) {
+        if (statusOf(err) === 404) return;
+        throw err;
+      }
+      if (
+        ['Creating', 'Updating', 'Pending', 'Deleting'].includes(s.provisioningState ?? '') &&
+        Date.now() < deadline
+      ) {
+        await new Promise((r) => setTimeout(r, this.config.pollIntervalMs ?? 2000));
+        continue;
+      }
+      break;
     }
     await this.client.snapshots.beginRevokeAccessAndWait(t.resourceGroup, drName, this.poll).catch(() => {});
-    await this.client.snapshots.beginDeleteAndWait(t.resourceGroup, drName, this.poll).catch(() => {});
+    await this.client.snapshots.beginDeleteAndWait(t.resourceGroup, drName, this.poll);
   }
 
   /** Server-side copy of a snapshot (via its SAS) into `dest`; a refused SAS is re-granted and the copy restarted. */
@@ -751,7 +840,7 @@ export class AzurePlatform implements Platform {
       // Azure moves the bytes; the client does not see how many.
       return { snapshot: this.toRef(copy), bytesTransferred: 0, incremental: Boolean(opts.previousCopy) };
     } catch (err) {
-      await this.cleanup(t, drName, true);
+      await this.cleanup(t, drName, true).catch(() => {});
       throw err;
     }
   }

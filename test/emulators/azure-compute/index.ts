@@ -11,7 +11,7 @@ export { ComputeEmulator } from '../../../src/platforms/azure/emulator/index.ts'
 export async function startAzureCompute(
   opts: Omit<AzureSandboxOptions, 'azurite'> = {},
 ): Promise<AzureSandbox> {
-  const azurite = await startAzurite(sandboxAccounts(opts.regions));
+  const azurite = await startAzurite(sandboxAccounts(opts.regions), { inMemory: true });
   try {
     const sb = await startAzureSandbox({ ...opts, azurite });
     return {

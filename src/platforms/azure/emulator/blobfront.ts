@@ -4,7 +4,8 @@
  *   - Get Page Ranges with `x-ms-previous-snapshot-url` (the managed-disk incremental diff; Azurite ignores
  *     `prevsnapshot` and returns the full list) is answered from the compute emulator's change tracking;
  *   - access SAS tokens issued by grantAccess obey the emulator's clock and revokeAccess (Azurite only checks
- *     the real `se`), so tests can expire or revoke a SAS in the middle of a copy.
+ *     the real `se`), so tests can expire or revoke a SAS in the middle of a copy;
+ *   - Get Blob Metadata on a SAS URL (Azurite's own copy-source check) is answered without the blob body.
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -53,6 +54,31 @@ export async function startBlobFront(azurite: string, hooks: BlobFrontHooks): Pr
     if (req.method === 'GET' && url.searchParams.get('comp') === 'pagelist' && typeof prev === 'string') {
       req.resume();
       void answerDiff(url, prev, req, res);
+      return;
+    }
+    if (req.method === 'GET' && url.searchParams.get('comp') === 'metadata' && sig) {
+      // Get Blob Metadata, which Azurite asks itself to check a copy source: Azurite has no such operation and
+      // serves the whole blob instead (a 64 MiB copy read 64 MiB more). Answer it from Get Blob Properties.
+      url.searchParams.delete('comp');
+      req.resume();
+      const up = http.request(
+        {
+          host: target.hostname,
+          port: target.port,
+          method: 'HEAD',
+          path: url.pathname + url.search,
+          headers: req.headers,
+        },
+        (ur) => {
+          ur.resume();
+          const headers = { ...ur.headers, 'content-length': '0' };
+          delete headers['content-type'];
+          res.writeHead(ur.statusCode ?? 502, headers);
+          res.end();
+        },
+      );
+      up.on('error', (err) => xmlError(res, 502, 'BadGateway', err.message));
+      up.end();
       return;
     }
     forward(req, res, url);

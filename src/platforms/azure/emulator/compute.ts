@@ -148,6 +148,8 @@ export interface ComputeEmulatorStats {
   /** Bytes served by / written through the blob front (what clients moved). */
   blobBytesOut: number;
   blobBytesIn: number;
+  /** Access SAS tokens issued by beginGetAccess. */
+  grants: number;
 }
 
 export class ComputeEmulator {
@@ -160,6 +162,7 @@ export class ComputeEmulator {
     crossRegionBytes: 0,
     blobBytesOut: 0,
     blobBytesIn: 0,
+    grants: 0,
   };
   private server?: http.Server;
   private front?: BlobFront;
@@ -489,6 +492,7 @@ export class ComputeEmulator {
     };
     if (r.kind === 'snapshots') {
       properties['incremental'] = r.incremental;
+      if (r.family) properties['incrementalSnapshotFamilyId'] = r.family;
       if (r.incremental) properties['completionPercent'] = r.provisioningState === 'Succeeded' ? 100 : 0;
     }
     return {
@@ -594,6 +598,26 @@ export class ComputeEmulator {
       }
       if (
         (m = new RegExp(
+          `^/subscriptions/${sub}/resourceGroups/([^/]+)/providers/Microsoft\\.Authorization/permissions$`,
+          'i',
+        ).exec(p))
+      ) {
+        // Permissions - List For Resource Group: what the caller may do there (any principal may ask).
+        const scopes = [`/subscriptions/${sub}`, this.rgScope(m[1]!)].map((s) => s.toLowerCase());
+        const roles = Object.entries(this.principals[clientId]?.roles ?? {})
+          .filter(([scope]) => scopes.includes(scope.toLowerCase()))
+          .flatMap(([, r]) => r);
+        return this.send(res, 200, {
+          value: roles.map((r) => ({
+            actions: ROLE_ACTIONS[r] ?? [],
+            notActions: [],
+            dataActions: [],
+            notDataActions: [],
+          })),
+        });
+      }
+      if (
+        (m = new RegExp(
           `^/subscriptions/${sub}(?:/resourceGroups/([^/]+))?/providers/Microsoft\\.Compute/(disks|snapshots)$`,
           'i',
         ).exec(p))
@@ -636,8 +660,8 @@ export class ComputeEmulator {
           this.authorize(clientId, `Microsoft.Compute/${kind}/read`, rg, p);
           return this.send(res, 200, this.view(this.must(kind, rg, name)));
         }
-        if (req.method === 'PUT') return this.put(clientId, kind, rg, name, body, res);
-        if (req.method === 'DELETE') return this.delete(clientId, kind, rg, name, res);
+        if (req.method === 'PUT') return await this.put(clientId, kind, rg, name, body, res);
+        if (req.method === 'DELETE') return await this.delete(clientId, kind, rg, name, res);
         throw new ArmError(405, 'MethodNotAllowed', `${req.method} is not supported here`);
       }
       throw new ArmError(404, 'NotFound', `no route for ${req.method} ${p}`);
@@ -1068,6 +1092,7 @@ export class ComputeEmulator {
     const { url, sig } = this.sasUrl(this.blobOf(r), a.account, a.key, seconds + 300);
     this.grants.set(sig, { resource: r.id, expires: this.now() + seconds * 1000, revoked: false });
     r.grants.add(sig);
+    this.stats.grants++;
     this.lro(res, 202, undefined, async () => ({ status: 200, body: { accessSAS: url } }));
   }
 
