@@ -90,7 +90,7 @@ export function makeHandlers(
           made.push(s);
           snapshots[name] = s.id;
           size += s.sizeBytes;
-          ctx.progress({ bytesRead: size, progress: made.length / vols.size });
+          ctx.progress({ progress: made.length / vols.size });
         }
         throwIfAborted(ctx.signal);
         const point: RestorePoint = {
