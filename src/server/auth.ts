@@ -14,6 +14,11 @@ export function tokenFilePath(dataDir: string): string {
 }
 
 function readToken(file: string): string {
+  const mode = fs.statSync(file).mode & 0o777;
+  if ((mode & 0o077) !== 0)
+    throw new AuthError(
+      `API token file ${file} is accessible by group or others (mode ${mode.toString(8)}); chmod 600 it`,
+    );
   const t = fs.readFileSync(file, 'utf8').trim();
   if (t.length < 16) throw new InputError(`API token in ${file} is too short (at least 16 characters)`);
   return t;

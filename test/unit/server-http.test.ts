@@ -90,7 +90,13 @@ test('token: generated 0600 once, env and file override, bearer check', () => {
       'e'.repeat(20),
     );
     const f = path.join(dir, 'tok');
-    fs.writeFileSync(f, 'f'.repeat(24) + '\n');
+    fs.writeFileSync(f, 'f'.repeat(24) + '\n', { mode: 0o644 });
+    assert.throws(
+      () => loadOrCreateToken({ dataDir: dir, tokenFile: f, env: {} }),
+      AuthError,
+      'world-readable',
+    );
+    fs.chmodSync(f, 0o600);
     assert.equal(
       loadOrCreateToken({ dataDir: dir, tokenFile: f, env: { TERN_API_TOKEN: 'e'.repeat(20) } }).token,
       'f'.repeat(24),
