@@ -29,14 +29,30 @@ function hostPaths(p: Platform): HostPaths | undefined {
     : undefined;
 }
 
-async function appVolumes(platform: Platform, app: Application): Promise<Map<string, VolumeRef>> {
+/**
+ * The platform's refs of an app's volumes. With `allowMissing`, a volume that is gone (the disaster a restore is
+ * for) gets a ref built from the app record, enough to find its snapshots and to restore it in place.
+ */
+async function appVolumes(
+  platform: Platform,
+  app: Application,
+  allowMissing = false,
+): Promise<Map<string, VolumeRef>> {
   const all = await platform.listVolumes(app.region);
   const out = new Map<string, VolumeRef>();
   for (const v of app.volumes) {
     const ref = all.find((x) => x.name === v.ref || x.id === v.ref);
-    if (!ref)
+    if (ref) out.set(v.name, ref);
+    else if (allowMissing)
+      out.set(v.name, {
+        id: v.ref,
+        region: app.region,
+        name: v.ref,
+        sizeBytes: v.sizeBytes ?? 0,
+        kind: 'block',
+      });
+    else
       throw new NotFoundError(`volume "${v.ref}" of app "${app.name}" not found in region "${app.region}"`);
-    out.set(v.name, ref);
   }
   return out;
 }
@@ -197,7 +213,7 @@ export function makeHandlers(
     const policy = policyOf(engine, ctx.action.policy);
     const app = catalog.getApp(policy.app);
     const platform = await engine.platformFor(app.infraProfile);
-    const vols = await appVolumes(platform, app).catch(() => new Map<string, VolumeRef>());
+    const vols = await appVolumes(platform, app, true);
     const now = () => engine.clock.now().toISOString();
     const points = catalog.listRestorePoints({ app: app.name, policy: policy.name });
     const removed: { local: string[]; export: string[] } = { local: [], export: [] };
@@ -265,7 +281,7 @@ export function makeHandlers(
       throwIfAborted(ctx.signal);
       await ctx.phase(`restore ${v.volume}`, async () => {
         if (plan.source === 'snapshot') {
-          const vols = await appVolumes(platform, app);
+          const vols = await appVolumes(platform, app, true);
           const vol = vols.get(v.volume);
           const s = vol ? await findSnapshot(platform, vol, v.from) : undefined;
           if (!s) throw new NotFoundError(`local snapshot ${v.from} of volume "${v.volume}" is gone`);
@@ -355,7 +371,7 @@ export async function planRestore(engine: Engine, req: RestoreRequest): Promise<
 
   const sizes = new Map<string, number>();
   if (source === 'snapshot') {
-    const vols = await appVolumes(platform, app);
+    const vols = await appVolumes(platform, app, true);
     for (const n of names) {
       const vol = vols.get(n);
       const s = vol ? await findSnapshot(platform, vol, tier.snapshots[n]!) : undefined;

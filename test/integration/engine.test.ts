@@ -223,6 +223,16 @@ test('three policy runs, retention, restores from snapshot and repository byte f
   assert.equal(sha(vol('shop-db')), hashes[1]!.db);
   assert.equal(sha(vol('shop-files')), filesBefore, 'unselected volume untouched');
 
+  // Disaster: a volume is deleted; restore it in place from the newest local snapshot.
+  const filesVol = (await platform.listVolumes('east')).find((x) => x.name === 'shop-files')!;
+  await platform.deleteVolume(filesVol);
+  const back = await engine.restore({ restorePoint: rp3!.id, volumes: ['files'] });
+  assert.equal(back.plan.source, 'snapshot');
+  assert.equal(back.plan.volumes[0]?.overwrite, false);
+  const br = await engine.waitForAction(back.actionId!);
+  assert.equal(br.state, 'Complete', JSON.stringify(br.error));
+  assert.equal(sha(vol('shop-files')), hashes[2]!.files);
+
   // Bad restore requests change nothing.
   await assert.rejects(engine.restore({ restorePoint: rp1!.id }), { code: 'NOT_FOUND' });
   await assert.rejects(engine.restore({ restorePoint: rp3!.id, targetApp: 'shop-snap' }), {
@@ -234,7 +244,7 @@ test('three policy runs, retention, restores from snapshot and repository byte f
   const count = (type: string, state: string) =>
     m.actions.find((a) => a.type === type && a.state === state)?.count ?? 0;
   assert.equal(count('backup', 'Complete'), 3);
-  assert.equal(count('restore', 'Complete'), 3);
+  assert.equal(count('restore', 'Complete'), 4);
   assert.ok(m.lastRestorePoint.some((r) => r.app === 'shop' && r.tier === 'repository'));
   console.log(
     `engine integration (${fsNote}): restore of 64 MiB (2 volumes) from local snapshot ${snapMs.toFixed(0)} ms, from repository ${repoMs.toFixed(0)} ms; exports ${[e1, e2, e3].map((e) => `${(e!.bytesTransferred / MiB).toFixed(1)} MiB`).join(' / ')}`,
