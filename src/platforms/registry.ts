@@ -2,6 +2,7 @@
  * Maps an infra profile type to a Platform implementation. Adding a provider is one register line below.
  */
 import { InputError } from '../core/index.ts';
+import { AwsPlatform, parseAwsConfig } from './aws/index.ts';
 import { AzurePlatform, parseAzureConfig } from './azure/index.ts';
 import { LocalPlatform } from './local/index.ts';
 import type { Platform } from './types.ts';
@@ -40,3 +41,4 @@ registerPlatform('local', (config) => {
 });
 
 registerPlatform('azure', (config) => Promise.resolve(new AzurePlatform(parseAzureConfig(config))));
+registerPlatform('aws', (config) => Promise.resolve(new AwsPlatform(parseAwsConfig(config))));
