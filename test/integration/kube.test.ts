@@ -4,6 +4,8 @@
  * binaries are not built (scripts/peers.d/30-kube.sh).
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -606,6 +608,38 @@ describe('kubernetes backup and restore (real kube-apiserver)', { skip }, () => 
     } finally {
       await repo.close();
     }
+  });
+
+  test('CLI: tern kube backup writes a bundle, tern kube restore --dry-run prints the plan', async () => {
+    const kubeconfig = path.join(tmp, 'kubeconfig');
+    fs.writeFileSync(kubeconfig, kube.kubeConfig().exportConfig());
+    const out = path.join(tmp, 'shop-dr.bundle.json');
+    // Asynchronously: the test CSI controller runs in this process and must keep reconciling meanwhile.
+    const tern = async (...args: string[]) =>
+      (
+        await promisify(execFile)(
+          process.execPath,
+          [
+            path.join(import.meta.dirname, '..', '..', 'src', 'cli', 'main.ts'),
+            'kube',
+            ...args,
+            '--kubeconfig',
+            kubeconfig,
+          ],
+          { encoding: 'utf8', timeout: 120_000 },
+        )
+      ).stdout;
+    const b = JSON.parse(await tern('backup', 'shop-dr', '--out', out, '--json')) as { volumes: unknown[] };
+    assert.equal(b.volumes.length, 2);
+    const cliBundle = parseBundle(fs.readFileSync(out, 'utf8'));
+    assert.equal(cliBundle.namespace, 'shop-dr');
+    const plan = JSON.parse(
+      await tern('restore', '--bundle', out, '--target-namespace', 'shop-cli', '--dry-run', '--json'),
+    ) as { dryRun: boolean; plan: { kind: string; action: string }[] };
+    assert.equal(plan.dryRun, true);
+    assert.ok(plan.plan.some((p) => p.kind === 'Deployment' && p.action === 'create'));
+    const table = await tern('restore', '--bundle', out, '--dry-run');
+    assert.match(table, /PersistentVolumeClaim\s+data-a\s+would skip/);
   });
 
   test('a restore that fails part-way removes what it created', async () => {
