@@ -60,6 +60,25 @@ export class LocalStore implements ObjectStore {
     }
   }
 
+  async getRangeInto(key: string, offset: number, buf: Buffer, opts?: RunOptions): Promise<number> {
+    throwIfAborted(opts?.signal);
+    let fh: fs.FileHandle | undefined;
+    try {
+      fh = await fs.open(this.pathOf(key), 'r');
+      let got = 0;
+      while (got < buf.length) {
+        const { bytesRead } = await fh.read(buf, got, buf.length - got, offset + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      return got;
+    } catch (err) {
+      throw mapFsError(err, key, this.location);
+    } finally {
+      await fh?.close();
+    }
+  }
+
   async put(key: string, data: Buffer, opts?: PutOptions): Promise<void> {
     throwIfAborted(opts?.signal);
     const dest = this.pathOf(key);

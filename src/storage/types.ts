@@ -23,6 +23,11 @@ export interface ObjectStore {
   readonly location: string;
   get(key: string, opts?: RunOptions): Promise<Buffer>;
   getRange(key: string, offset: number, length: number, opts?: RunOptions): Promise<Buffer>;
+  /**
+   * Optional: `getRange` into the caller's buffer (`buf.length` bytes at `offset`); resolves to the bytes read,
+   * fewer only at the end of the object. Lets bulk readers reuse buffers (the local store implements it).
+   */
+  getRangeInto?(key: string, offset: number, buf: Buffer, opts?: RunOptions): Promise<number>;
   put(key: string, data: Buffer, opts?: PutOptions): Promise<void>;
   head(key: string, opts?: RunOptions): Promise<ObjectInfo | undefined>;
   /** All objects whose key starts with `prefix`, in no particular order. */
