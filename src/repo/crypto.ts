@@ -83,9 +83,10 @@ export function blobAad(id: Uint8Array, type: number, comp: number): Buffer {
   return aad;
 }
 
-/** nonce || ciphertext || tag, written into one new buffer. */
-export function seal(encKey: CipherKey, plaintext: Uint8Array, aad: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(NONCE_LEN + plaintext.length + TAG_LEN);
+/** nonce || ciphertext || tag, written into one new buffer (or into `into` when it is large enough). */
+export function seal(encKey: CipherKey, plaintext: Uint8Array, aad: Buffer, into?: Buffer): Buffer {
+  const n = NONCE_LEN + plaintext.length + TAG_LEN;
+  const out = into && into.length >= n ? into.subarray(0, n) : Buffer.allocUnsafe(n);
   nextNonce(out, 0);
   const c = crypto.createCipheriv('aes-256-gcm', encKey, out.subarray(0, NONCE_LEN));
   c.setAAD(aad);

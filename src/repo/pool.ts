@@ -6,7 +6,16 @@ import type { MasterKey } from './crypto.ts';
 
 export type WorkerRequest =
   | { op: 'keys'; seq: number; encKey: Uint8Array; idKey: Uint8Array }
-  | { op: 'save'; seq: number; type: number; buf: ArrayBuffer; length: number; hashOnly: boolean }
+  | {
+      op: 'save';
+      seq: number;
+      type: number;
+      buf: ArrayBuffer;
+      length: number;
+      hashOnly: boolean;
+      /** a recycled buffer for the sealed blob (used when large enough; `sealedLength` says how much) */
+      out?: ArrayBuffer;
+    }
   | {
       op: 'load';
       seq: number;
@@ -22,20 +31,30 @@ export type WorkerRequest =
   | {
       op: 'saveMany';
       seq: number;
+      /** the plaintexts; `meta` holds (type, offset, length) per blob */
       buf: ArrayBuffer;
-      blobs: { type: number; offset: number; length: number }[];
+      meta: Uint32Array;
+      /** a recycled buffer for the sealed blobs (used when large enough) */
+      out?: ArrayBuffer;
     }
-  | { op: 'loadRun'; seq: number; buf: ArrayBuffer; blobs: RunBlob[]; what: string; verify: boolean };
+  | {
+      op: 'loadRun';
+      seq: number;
+      /** sealed blobs of one pack region; `ids` (32 bytes each) and `meta` (RUN_META numbers each) describe them */
+      buf: ArrayBuffer;
+      ids: Uint8Array;
+      meta: Uint32Array;
+      /** where to put the plaintexts when it is large enough (returned as `plain`) */
+      out?: ArrayBuffer;
+      what: string;
+      verify: boolean;
+    };
 
-/** One blob of a `loadRun`: where its sealed bytes sit in the run buffer. */
-export interface RunBlob {
-  id: string;
-  type: number;
-  comp: number;
-  rawLength: number;
-  offset: number;
-  length: number;
-}
+/**
+ * Per blob of a `loadRun`, in `meta`: type, compression, plaintext length, offset and sealed length in the
+ * run buffer. Typed arrays, not objects: structured cloning costs ~2 µs per object, a typed array is a copy.
+ */
+export const RUN_META = 5;
 
 export type WorkerResponse =
   | {
@@ -47,10 +66,11 @@ export type WorkerResponse =
       comp?: number;
       rawLength?: number;
       plain?: ArrayBuffer;
-      /** saveMany: per blob, in request order; `sealed` holds the sealed blobs back to back. */
-      ids?: string[];
-      comps?: number[];
-      lens?: number[];
+      sealedLength?: number;
+      /** saveMany: per blob in request order, ids (32 bytes each) and (comp, sealed length) in `meta`;
+       * `sealed` holds the sealed blobs back to back. */
+      ids?: Uint8Array;
+      meta?: Uint32Array;
     }
   | { seq: number; ok: false; error: string; integrity: boolean };
 

@@ -37,7 +37,7 @@ import {
 } from './format.ts';
 import { DEFAULT_KDF, makeKeyFile, parseKeyFile, unwrapKey } from './keys.ts';
 import { RepoLock } from './lock.ts';
-import { CryptoPool, ownArrayBuffer, type RunBlob } from './pool.ts';
+import { CryptoPool, ownArrayBuffer, RUN_META } from './pool.ts';
 
 export interface RepoConfig {
   version: 1;
@@ -57,8 +57,8 @@ export interface InitOptions extends OpenOptions {
 
 const TARGET_PACK = 16 * 1024 * 1024;
 const MAX_BLOB = 64 * 1024 * 1024;
-/** Packs per incremental index object during a backup. */
-const PACKS_PER_INDEX = 4;
+/** Packs per incremental index object during a backup: a killed backup loses at most about this many packs. */
+const PACKS_PER_INDEX = 2;
 const UPLOADS_IN_FLIGHT = 2;
 const WORKER_BYTES_IN_FLIGHT = 24 * 1024 * 1024;
 /** Pack buffer: a full pack plus its largest usual last blob (image chunks are 1 MiB) and header. */
@@ -69,10 +69,14 @@ const FREE_BLOB_BYTES = 64 * 1024 * 1024;
 const SMALL_BLOB = 64 * 1024;
 const BATCH_BLOBS = 64;
 const BATCH_BYTES = 512 * 1024;
+/** A batch buffer holds BATCH_BYTES plus one more small blob, sealed (28 bytes more per blob). */
+const BATCH_BUF = BATCH_BYTES + SMALL_BLOB + 28 * BATCH_BLOBS + 28;
 /** loadMany: largest ranged read, largest gap read through, reads in flight. */
 const RUN_BYTES = 4 * 1024 * 1024;
 const RUN_GAP = 256 * 1024;
 const RUNS_IN_FLIGHT = 4;
+/** Size of the recycled read and plaintext buffers of loadMany: a run plus its last blob. */
+const RUN_BUF = RUN_BYTES + 2 * 1024 * 1024;
 
 export function newId(bytes = 32): string {
   return crypto.randomBytes(bytes).toString('hex');
@@ -292,22 +296,49 @@ export class Repository implements BlobReader {
         last.end = it.e.offset + it.e.length;
       } else runs.push({ pack: it.e.pack, start: it.e.offset, end: it.e.offset + it.e.length, blobs: [it] });
     }
+    // Read and plaintext buffers of RUN_BUF bytes go round (main → worker → main) instead of being garbage.
+    const freeRead: ArrayBuffer[] = [];
+    const freePlain: ArrayBuffer[] = [];
+    const getRangeInto = this.store.getRangeInto?.bind(this.store);
     await mapLimit(runs, RUNS_IN_FLIGHT, async (run) => {
       throwIfAborted(opts.signal);
       const what = packKey(this.index.packIds[run.pack]!);
-      const sealed = await this.readPackRange(what, run.start, run.end - run.start, opts);
-      const ab = ownArrayBuffer(sealed);
-      const blobs: RunBlob[] = run.blobs.map(({ id, e }) => ({
-        id,
-        type: e.type,
-        comp: e.comp,
-        rawLength: e.rawLength,
-        offset: e.offset - run.start,
-        length: e.length,
-      }));
+      const len = run.end - run.start;
+      let ab: ArrayBuffer;
+      if (getRangeInto && len <= RUN_BUF) {
+        ab = freeRead.pop() ?? new ArrayBuffer(RUN_BUF);
+        let got: number;
+        try {
+          got = await getRangeInto(what, run.start, Buffer.from(ab, 0, len), opts);
+        } catch (err) {
+          if (err instanceof NotFoundError)
+            throw new IntegrityError(`${what}: pack is missing`, { cause: err, details: { object: what } });
+          throw err;
+        }
+        if (got !== len)
+          throw new IntegrityError(
+            `${what}: truncated (blobs at ${run.start} need ${len} bytes, got ${got})`,
+            {
+              details: { object: what },
+            },
+          );
+      } else ab = ownArrayBuffer(await this.readPackRange(what, run.start, len, opts));
+      let total = 0;
+      for (const { e } of run.blobs) total += e.rawLength;
+      const out = total <= RUN_BUF ? (freePlain.pop() ?? new ArrayBuffer(RUN_BUF)) : undefined;
+      const n = run.blobs.length;
+      const ids = new Uint8Array(32 * n);
+      const meta = new Uint32Array(RUN_META * n);
+      run.blobs.forEach(({ id, e }, i) => {
+        ids.set(Buffer.from(id, 'hex'), 32 * i);
+        meta.set([e.type, e.comp, e.rawLength, e.offset - run.start, e.length], RUN_META * i);
+      });
       let r;
       try {
-        r = await this.pool.run({ op: 'loadRun', seq: 0, buf: ab, blobs, what, verify }, [ab]);
+        r = await this.pool.run(
+          { op: 'loadRun', seq: 0, buf: ab, out, ids, meta, what, verify },
+          out ? [ab, out] : [ab],
+        );
       } catch (err) {
         if (err instanceof IntegrityError)
           throw new IntegrityError(err.message, { details: { object: what } });
@@ -317,12 +348,14 @@ export class Repository implements BlobReader {
       throwIfAborted(opts.signal);
       let pos = 0;
       await Promise.all(
-        blobs.map((b) => {
-          const p = onBlob(b.id, plain.subarray(pos, pos + b.rawLength));
-          pos += b.rawLength;
+        run.blobs.map(({ id, e }) => {
+          const p = onBlob(id, plain.subarray(pos, pos + e.rawLength));
+          pos += e.rawLength;
           return p;
         }),
       );
+      if (r.buf?.byteLength === RUN_BUF) freeRead.push(r.buf);
+      if (r.plain!.byteLength === RUN_BUF) freePlain.push(r.plain!);
     });
   }
 
@@ -499,6 +532,8 @@ export class BackupSession implements BlobWriter {
   /** Recycled pack buffers (PACK_BUF bytes) and blob read buffers (by exact length). */
   private readonly packBufs: Buffer[] = [];
   private readonly freeBlobBufs = new Map<number, ArrayBuffer[]>();
+  private readonly freeSealed = new Map<number, ArrayBuffer[]>();
+  private readonly batchBufs: ArrayBuffer[] = [];
   private batch: {
     type: number;
     plain: Buffer;
@@ -589,17 +624,24 @@ export class BackupSession implements BlobWriter {
           return this.dup(id);
         }
       }
+      const out = this.freeSealed.get(len + 28)?.pop();
       const r = await this.repo.pool.run(
-        { op: 'save', seq: 0, type: t, buf: ab, length: len, hashOnly: false },
-        [ab],
+        { op: 'save', seq: 0, type: t, buf: ab, length: len, hashOnly: false, out },
+        out ? [ab, out] : [ab],
       );
       if (r.buf) this.recycle(r.buf);
       const id = r.id!;
       if (this.hasBlob(id)) return this.dup(id);
       this.check();
       this.recentDup *= 0.95;
-      const sealed = Buffer.from(r.sealed!);
+      const sealed = Buffer.from(r.sealed!, 0, r.sealedLength);
       this.addToPack(id, t, r.comp!, len, sealed);
+      // The sealed buffer is copied into the pack: it can take the next blob of the same size.
+      if (r.sealed!.byteLength === len + 28 && (this.freeSealed.get(len + 28)?.length ?? 0) < 16) {
+        let list = this.freeSealed.get(len + 28);
+        if (!list) this.freeSealed.set(len + 28, (list = []));
+        list.push(r.sealed!);
+      }
       this.stats.blobsNew++;
       this.stats.bytesAdded += sealed.length;
       if (this.pack.size >= TARGET_PACK) this.finishPack();
@@ -628,23 +670,38 @@ export class BackupSession implements BlobWriter {
     this.batchBytes = 0;
     let total = 0;
     for (const it of items) total += it.plain.length;
-    const buf = Buffer.allocUnsafeSlow(total);
-    const blobs: { type: number; offset: number; length: number }[] = [];
+    // Batch buffers (plaintexts in, sealed blobs out) go round instead of being allocated per batch.
+    const inAb =
+      total <= BATCH_BUF ? (this.batchBufs.pop() ?? new ArrayBuffer(BATCH_BUF)) : new ArrayBuffer(total);
+    const buf = Buffer.from(inAb);
+    const meta = new Uint32Array(3 * items.length);
     let pos = 0;
-    for (const it of items) {
+    items.forEach((it, i) => {
       it.plain.copy(buf, pos);
-      blobs.push({ type: it.type, offset: pos, length: it.plain.length });
+      meta[3 * i] = it.type;
+      meta[3 * i + 1] = pos;
+      meta[3 * i + 2] = it.plain.length;
       pos += it.plain.length;
-    }
-    const ab = ownArrayBuffer(buf);
-    this.repo.pool.run({ op: 'saveMany', seq: 0, buf: ab, blobs }, [ab]).then(
+    });
+    const out = this.batchBufs.pop() ?? new ArrayBuffer(BATCH_BUF);
+    this.repo.pool.run({ op: 'saveMany', seq: 0, buf: inAb, meta, out }, [inAb, out]).then(
       (r) => {
         const sealed = Buffer.from(r.sealed!);
+        const ids = Buffer.from(r.ids!.buffer, r.ids!.byteOffset, r.ids!.byteLength);
         let at = 0;
         items.forEach((it, i) => {
-          const n = r.lens![i]!;
-          it.resolve({ id: r.ids![i]!, comp: r.comps![i]!, sealed: sealed.subarray(at, at + n) });
+          const n = r.meta![2 * i + 1]!;
+          it.resolve({
+            id: ids.toString('hex', 32 * i, 32 * i + 32),
+            comp: r.meta![2 * i]!,
+            sealed: sealed.subarray(at, at + n),
+          });
           at += n;
+        });
+        // Resolutions run their continuations (copies into the pack) before the buffers are reused.
+        queueMicrotask(() => {
+          for (const b of [r.sealed!, r.buf!])
+            if (b.byteLength === BATCH_BUF && this.batchBufs.length < 8) this.batchBufs.push(b);
         });
       },
       (err: unknown) => {

@@ -15,26 +15,26 @@ import {
   seal,
   TAG_LEN,
 } from './crypto.ts';
-import { ownArrayBuffer, type RunBlob, type WorkerRequest, type WorkerResponse } from './pool.ts';
+import { ownArrayBuffer, RUN_META, type WorkerRequest, type WorkerResponse } from './pool.ts';
 
 let encKey: crypto.KeyObject | undefined;
 let idKey: IdHasher | undefined;
 
 /** Decrypt (and decompress) one blob; with `verify`, its keyed hash is recomputed and compared with its id. */
 function openOne(
-  req: { id: string; type: number; comp: number; rawLength: number; what: string; verify: boolean },
+  req: { id: Uint8Array; type: number; comp: number; rawLength: number; what: string; verify: boolean },
   sealed: Uint8Array,
 ): Buffer {
-  const { what } = req;
-  const idBuf = Buffer.from(req.id, 'hex');
-  const plainComp = open(encKey!, sealed, blobAad(idBuf, req.type, req.comp), what);
+  const { what, id } = req;
+  const short = (): string => Buffer.from(id).toString('hex').slice(0, 16);
+  const plainComp = open(encKey!, sealed, blobAad(id, req.type, req.comp), what);
   const plain = decompress(plainComp, req.comp, req.rawLength, what);
   if (plain.length !== req.rawLength)
     throw new IntegrityError(
-      `${what}: blob ${req.id.slice(0, 16)} has ${plain.length} bytes, index says ${req.rawLength}`,
+      `${what}: blob ${short()} has ${plain.length} bytes, index says ${req.rawLength}`,
     );
-  if (req.verify && !crypto.timingSafeEqual(blobIdOf(idKey!, plain), idBuf))
-    throw new IntegrityError(`${what}: blob ${req.id.slice(0, 16)} content does not match its id`);
+  if (req.verify && !crypto.timingSafeEqual(blobIdOf(idKey!, plain), id))
+    throw new IntegrityError(`${what}: blob ${short()} content does not match its id`);
   return plain;
 }
 
@@ -52,7 +52,9 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
       return { res: { seq: req.seq, ok: true, id: id.toString('hex'), buf: req.buf }, transfer: [req.buf] };
     }
     const { data, comp } = maybeCompress(plain);
-    const sealed = ownArrayBuffer(seal(encKey, data, blobAad(id, req.type, comp)));
+    const into = req.out ? Buffer.from(req.out) : undefined;
+    const sb = seal(encKey, data, blobAad(id, req.type, comp), into);
+    const sealed = into && sb.buffer === req.out ? req.out : ownArrayBuffer(sb);
     // The plaintext buffer goes back too, so the caller can reuse it for its next read.
     return {
       res: {
@@ -60,57 +62,73 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
         ok: true,
         id: id.toString('hex'),
         sealed,
+        sealedLength: sb.length,
         comp,
         rawLength: req.length,
         buf: req.buf,
       },
-      transfer: [sealed, req.buf],
+      transfer: req.out && sealed !== req.out ? [sealed, req.buf, req.out] : [sealed, req.buf],
     };
   }
   if (req.op === 'saveMany') {
-    const ids: string[] = [];
-    const comps: number[] = [];
-    const lens: number[] = [];
-    const parts: Buffer[] = [];
-    for (const b of req.blobs) {
-      const plain = new Uint8Array(req.buf, b.offset, b.length);
+    const n = req.meta.length / 3;
+    const ids = new Uint8Array(32 * n);
+    const meta = new Uint32Array(2 * n);
+    let need = 0;
+    for (let i = 0; i < n; i++) need += req.meta[3 * i + 2]! + NONCE_LEN + TAG_LEN;
+    const out = req.out && req.out.byteLength >= need ? Buffer.from(req.out) : Buffer.allocUnsafeSlow(need);
+    let pos = 0;
+    for (let i = 0; i < n; i++) {
+      const plain = new Uint8Array(req.buf, req.meta[3 * i + 1], req.meta[3 * i + 2]);
       const id = blobIdOf(idKey, plain);
       const { data, comp } = maybeCompress(plain);
-      const sealed = seal(encKey, data, blobAad(id, b.type, comp));
-      ids.push(id.toString('hex'));
-      comps.push(comp);
-      lens.push(sealed.length);
-      parts.push(sealed);
+      const sealed = seal(encKey, data, blobAad(id, req.meta[3 * i]!, comp), out.subarray(pos));
+      ids.set(id, 32 * i);
+      meta[2 * i] = comp;
+      meta[2 * i + 1] = sealed.length;
+      pos += sealed.length;
     }
-    const sealed = ownArrayBuffer(Buffer.concat(parts));
-    return { res: { seq: req.seq, ok: true, ids, comps, lens, sealed }, transfer: [sealed] };
+    const sealed = req.out && out.buffer === req.out ? req.out : ownArrayBuffer(out);
+    return {
+      res: { seq: req.seq, ok: true, ids, meta, sealed, buf: req.buf },
+      transfer: [sealed, req.buf],
+    };
   }
   if (req.op === 'loadRun') {
     // Adjacent blobs of one pack, read in one go: plaintexts are concatenated in request order.
+    const m = req.meta;
+    const n = m.length / RUN_META;
     let total = 0;
-    for (const b of req.blobs) total += b.rawLength;
-    const out = Buffer.allocUnsafeSlow(total);
+    for (let i = 0; i < n; i++) total += m[i * RUN_META + 2]!;
+    const out = req.out && req.out.byteLength >= total ? Buffer.from(req.out) : Buffer.allocUnsafeSlow(total);
     let pos = 0;
-    for (const b of req.blobs as RunBlob[]) {
-      const sealed = new Uint8Array(req.buf, b.offset, b.length);
-      if (b.comp === COMP_NONE && b.length - NONCE_LEN - TAG_LEN === b.rawLength) {
+    for (let i = 0; i < n; i++) {
+      const k = i * RUN_META;
+      const type = m[k]!;
+      const comp = m[k + 1]!;
+      const rawLength = m[k + 2]!;
+      const length = m[k + 4]!;
+      const id = req.ids.subarray(32 * i, 32 * i + 32);
+      const sealed = new Uint8Array(req.buf, m[k + 3], length);
+      if (comp === COMP_NONE && length - NONCE_LEN - TAG_LEN === rawLength) {
         // Uncompressed: decrypt straight into the output.
-        const idBuf = Buffer.from(b.id, 'hex');
-        openInto(encKey, sealed, blobAad(idBuf, b.type, b.comp), req.what, out, pos);
-        const plain = out.subarray(pos, pos + b.rawLength);
-        if (req.verify && !crypto.timingSafeEqual(blobIdOf(idKey, plain), idBuf))
-          throw new IntegrityError(`${req.what}: blob ${b.id.slice(0, 16)} content does not match its id`);
+        openInto(encKey, sealed, blobAad(id, type, comp), req.what, out, pos);
+        const plain = out.subarray(pos, pos + rawLength);
+        if (req.verify && !crypto.timingSafeEqual(blobIdOf(idKey, plain), id))
+          throw new IntegrityError(
+            `${req.what}: blob ${Buffer.from(id).toString('hex').slice(0, 16)} content does not match its id`,
+          );
       } else {
-        const plain = openOne({ ...b, what: req.what, verify: req.verify }, sealed);
+        const plain = openOne({ id, type, comp, rawLength, what: req.what, verify: req.verify }, sealed);
         plain.copy(out, pos);
       }
-      pos += b.rawLength;
+      pos += rawLength;
     }
-    const ab = ownArrayBuffer(out);
+    const ab = req.out && out.buffer === req.out ? req.out : ownArrayBuffer(out);
     return { res: { seq: req.seq, ok: true, plain: ab, buf: req.buf }, transfer: [ab, req.buf] };
   }
   // load
-  const plain = openOne(req, new Uint8Array(req.buf, 0, req.length));
+  const plain = openOne({ ...req, id: Buffer.from(req.id, 'hex') }, new Uint8Array(req.buf, 0, req.length));
   const ab = ownArrayBuffer(plain);
   return { res: { seq: req.seq, ok: true, plain: ab }, transfer: [ab] };
 }

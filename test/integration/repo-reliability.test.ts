@@ -37,11 +37,14 @@ function setup(sizeMiB: number): { dir: string; repo: string; img: string } {
   return { dir, repo, img };
 }
 
+/** A put in progress is `<key>.tmp-<12 hex>` (LocalStore); a killed writer leaves it behind, not an object. */
+const TMP = /\.tmp-[0-9a-f]{12}$/;
+
 function dirBytes(d: string): number {
   let n = 0;
   if (!fs.existsSync(d)) return 0;
   for (const e of fs.readdirSync(d, { withFileTypes: true, recursive: true }))
-    if (e.isFile()) n += fs.statSync(path.join(e.parentPath, e.name)).size;
+    if (e.isFile() && !TMP.test(e.name)) n += fs.statSync(path.join(e.parentPath, e.name)).size;
   return n;
 }
 
@@ -50,7 +53,7 @@ function objects(repo: string, prefix: string): string[] {
   if (!fs.existsSync(d)) return [];
   return fs
     .readdirSync(d, { withFileTypes: true, recursive: true })
-    .filter((e) => e.isFile())
+    .filter((e) => e.isFile() && !TMP.test(e.name))
     .map((e) => path.relative(repo, path.join(e.parentPath, e.name)));
 }
 
@@ -67,16 +70,20 @@ test('kill -9 during backup: no snapshot, verify passes, next backup reuses uplo
   for (const seed of [1, 2, 3, 4, 5]) {
     const { dir, repo, img } = setup(120);
     try {
-      // seeded moment between 0.4 s and 1.4 s after start (startup + scrypt take ~0.5 s)
-      const delay = 400 + ((seed * 7919) % 1000);
       const child = spawn(NODE, [MAIN, 'backup', img, '--repo', repo], {
         env: { ...process.env, TERN_PASSWORD: 'secret' },
         stdio: 'ignore',
       });
-      await new Promise((r) => setTimeout(r, delay));
-      child.kill('SIGKILL');
-      await new Promise((r) => child.once('exit', r));
-      assert.deepEqual(objects(repo, 'snapshots'), [], `seed ${seed}: a killed backup left a snapshot`);
+      const exited = new Promise((r) => child.once('exit', r));
+      // A seeded moment 0–250 ms after the first pack appears (the rest of the backup takes ~0.4 s unloaded).
+      const start = Date.now();
+      while (objects(repo, 'data').length === 0 && child.exitCode === null && Date.now() - start < 60_000)
+        await new Promise((r) => setTimeout(r, 5));
+      await new Promise((r) => setTimeout(r, (seed * 7919) % 250));
+      const killed = child.exitCode === null && child.kill('SIGKILL');
+      await exited;
+      if (killed)
+        assert.deepEqual(objects(repo, 'snapshots'), [], `seed ${seed}: a killed backup left a snapshot`);
       const v = tern(['verify', '--read-data', '--repo', repo]);
       assert.equal(v.code, 0, `seed ${seed}: verify after kill: ${v.stderr}`);
       const before = dirBytes(path.join(repo, 'data'));
