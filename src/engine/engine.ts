@@ -52,6 +52,8 @@ export interface EngineOptions {
   catalog: string | Catalog;
   clock?: Clock;
   retry?: Partial<RetryPolicy>;
+  /** Actions running at once across apps; default 2 (the data paths use worker threads of their own). */
+  concurrency?: number;
   /** Extra exporters (in addition to the registered ones). */
   exporters?: Exporter[];
   /** Start the scheduler loop in start(); default true. Tests drive `scheduler.tick()` instead. */
@@ -98,6 +100,7 @@ export class Engine implements TernService {
       catalog: this.catalog,
       clock: this.clock,
       retry: o.retry,
+      concurrency: o.concurrency,
       handlers: makeHandlers(this),
       onChange: (a) => this.emit(a),
     });

@@ -86,6 +86,8 @@ export interface RunnerOptions {
   clock: Clock;
   handlers: Partial<Record<ActionType, ActionHandler>>;
   retry?: Partial<RetryPolicy>;
+  /** Actions running at once across apps (each app's own actions always run one at a time); default 2. */
+  concurrency?: number;
   onChange?: (a: ActionRun) => void;
 }
 
@@ -99,6 +101,9 @@ export class ActionRunner {
   private readonly queues = new Map<string, Promise<void>>();
   private readonly inflight = new Set<Promise<void>>();
   private stopped = false;
+  private readonly concurrency: number;
+  private running = 0;
+  private readonly waiting: (() => void)[] = [];
 
   constructor(o: RunnerOptions) {
     this.catalog = o.catalog;
@@ -106,6 +111,7 @@ export class ActionRunner {
     this.handlers = o.handlers;
     this.retry = { ...DEFAULT_RETRY, ...o.retry };
     this.onChange = o.onChange ?? (() => {});
+    this.concurrency = Math.max(1, o.concurrency ?? 2);
   }
 
   private now(): string {
@@ -168,15 +174,34 @@ export class ActionRunner {
     return this.controllers.has(id);
   }
 
+  /** A slot among `concurrency` (actions of different apps run in parallel up to this many). */
+  private acquire(): Promise<void> {
+    if (this.running < this.concurrency) {
+      this.running++;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  private release(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.running--;
+  }
+
   private async chain(first: string): Promise<void> {
     const todo = [first];
     while (todo.length > 0 && !this.stopped) {
       const id = todo.shift()!;
+      await this.acquire();
       try {
+        if (this.stopped) return;
         todo.push(...(await this.execute(id)));
       } catch (err) {
         // The catalog itself failed; the action stays as recorded and recovery picks it up at the next start.
         process.emitWarning(`tern: action ${id} could not be run: ${(err as Error).message}`);
+      } finally {
+        this.release();
       }
     }
   }
@@ -277,10 +302,14 @@ export class ActionRunner {
             this.move(a, 'AttemptFailed');
             this.save(a);
             const delay = Math.min(this.retry.maxDelayMs, this.retry.baseDelayMs * 2 ** (a.attempt - 1));
+            // The slot is free while waiting: a backoff of minutes must not hold up other apps.
+            this.release();
             try {
               await sleep(this.clock, delay, ac.signal);
             } catch {
               return this.aborted(a, ac.signal.reason);
+            } finally {
+              await this.acquire();
             }
             continue;
           }

@@ -241,3 +241,45 @@ test('shutdown interrupts running work as AttemptFailed; the next start resumes 
   assert.equal(state(catalog, a.id), 'Complete');
   catalog.close();
 });
+
+test('actions of different apps share a concurrency limit; a backoff frees its slot', async () => {
+  const file = path.join(dir, 'conc', 'c.db');
+  const catalog = Catalog.open(file, { env: {} });
+  const clock = new ManualClock(Date.UTC(2026, 0, 1));
+  let active = 0;
+  let peak = 0;
+  const releases: (() => void)[] = [];
+  let flaky = 0;
+  const runner = new ActionRunner({
+    catalog,
+    clock,
+    concurrency: 1,
+    retry: { maxAttempts: 2, baseDelayMs: 1000 },
+    handlers: {
+      backup: async () => {
+        active++;
+        peak = Math.max(peak, active);
+        await new Promise<void>((r) => releases.push(r));
+        active--;
+      },
+      export: () => (flaky++ === 0 ? Promise.reject(new StorageError('flaky')) : Promise.resolve()),
+    },
+  });
+  const f = runner.create({ type: 'export', app: 'f' });
+  runner.enqueue(f.id);
+  await until('backoff', () => state(catalog, f.id) === 'AttemptFailed');
+  const a = runner.create({ type: 'backup', app: 'a' });
+  const b = runner.create({ type: 'backup', app: 'b' });
+  runner.enqueue(a.id);
+  runner.enqueue(b.id);
+  await until('a running while f waits its backoff', () => releases.length === 1);
+  assert.equal(state(catalog, b.id), 'Pending');
+  clock.advance(1000);
+  releases.shift()!();
+  await until('b running', () => releases.length === 1 && state(catalog, a.id) === 'Complete');
+  releases.shift()!();
+  await runner.idle();
+  assert.equal(peak, 1);
+  for (const id of [a.id, b.id, f.id]) assert.equal(state(catalog, id), 'Complete');
+  catalog.close();
+});
