@@ -65,7 +65,7 @@ export function registerKube(program: Command): void {
   const kube = program.command('kube').description('Kubernetes namespaces: backup to a bundle, restore');
 
   withCommon(kube.command('backup <namespace>').description('capture a namespace and snapshot its volumes'))
-    .requiredOption('--out <file>', 'write the bundle (JSON) here')
+    .requiredOption('--out <file>', 'write the bundle (JSON, includes Secrets: mode 0600) here')
     .option('--hooks <file>', 'pre/post snapshot hooks (JSON or YAML list), run as local commands')
     .option('--snapshot-timeout <seconds>', 'wait this long for each snapshot to be ready', Number, 600)
     .action(
@@ -77,7 +77,8 @@ export function registerKube(program: Command): void {
           snapshotTimeoutMs: o.snapshotTimeout * 1000,
           signal: signal(),
         });
-        await fsp.writeFile(o.out, JSON.stringify(bundle, null, 1));
+        // The bundle holds the namespace's Secrets as the API returns them: readable by the owner only.
+        await fsp.writeFile(o.out, JSON.stringify(bundle, null, 1), { mode: 0o600 });
         if (o.json)
           printJson({ id: bundle.id, out: o.out, objects: bundle.resources.length, volumes: bundle.volumes });
         else
