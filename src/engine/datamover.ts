@@ -1,13 +1,17 @@
 /**
- * The 'datamover' exporter: each volume's local snapshot is read as a block image and backed up into the
- * repository of the policy's location profile. Incremental: the previous export's repository snapshot is the
+ * The 'datamover' exporter: each volume's local snapshot is read as a block image (or, for a directory-tree
+ * volume, as a tree) and backed up into the repository of the policy's location profile. Incremental: the previous export's repository snapshot is the
  * parent (unchanged chunks keep their ids) and, while the previous local snapshot still exists, the platform's
  * changedRanges limit what is read. The repository passphrase is the profile's `repositoryPassword` secret; the
  * repository is created on first use.
  */
-import { InputError, NotFoundError, type Clock, type RunOptions } from '../core/index.ts';
+import crypto from 'node:crypto';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { ConflictError, InputError, NotFoundError, type Clock, type RunOptions } from '../core/index.ts';
 import type { LocationProfile, Tier } from '../core/model.ts';
 import { backupImage, prune, Repository, restoreImage, type SnapshotManifest } from '../repo/index.ts';
+import { backupTree, restoreTree } from '../repo/tree/index.ts';
 import { openStore, type ObjectStore, type StoreOptions } from '../storage/index.ts';
 import type { ExpireContext, ExportContext, Exporter, ExportResult } from './exporter.ts';
 
@@ -85,15 +89,13 @@ export const datamoverExporter: Exporter = {
         try {
           if (!reader.path)
             throw new InputError(`snapshot ${snap.id} is not readable as a path on this host`);
-          if (snap.kind !== 'block')
-            throw new InputError(`volume "${volume}" is a directory tree; datamover exports block volumes`);
           let parent: SnapshotManifest | undefined;
           const parentId = prevTier?.snapshots[volume];
           if (parentId)
             parent = await repo.loadSnapshotById(parentId, { signal: ctx.signal }).catch(() => undefined);
           let changedRanges: { offset: number; length: number }[] | undefined;
           const prevSnap = ctx.previous?.snapshots[volume];
-          if (parent && prevSnap && ctx.platform.changedRanges) {
+          if (parent && prevSnap && snap.kind === 'block' && ctx.platform.changedRanges) {
             changedRanges = (await ctx.platform.changedRanges(prevSnap, snap, { signal: ctx.signal })).ranges;
           }
           if (parent) incremental = true;
@@ -102,33 +104,60 @@ export const datamoverExporter: Exporter = {
           const baseSent = bytesTransferred;
           const session = await repo.startBackup();
           try {
-            const r = await backupImage(session, reader.path, {
-              signal: ctx.signal,
-              reader: repo,
-              parentMap: parent?.root.kind === 'image' ? parent.root.map : undefined,
-              changedRanges,
-              onProgress: (p) =>
-                ctx.onProgress({
-                  phase: `export ${volume}`,
-                  bytesRead: baseRead + p.bytesRead,
-                  bytesTransferred: baseSent + p.bytesTransferred,
-                  bytesTotal: total,
-                }),
-            });
-            const m = await session.saveSnapshot({
+            const onProgress = (p: { bytesRead: number; bytesTransferred: number }) =>
+              ctx.onProgress({
+                phase: `export ${volume}`,
+                bytesRead: baseRead + p.bytesRead,
+                bytesTransferred: baseSent + p.bytesTransferred,
+                bytesTotal: total,
+              });
+            const common = {
               paths: [`${ctx.app.name}/${volume}`],
               tags: [`app:${ctx.app.name}`, `volume:${volume}`, `restore-point:${ctx.restorePoint.id}`],
               ...(parent ? { parent: parent.id } : {}),
-              root: { kind: 'image', map: r.map, size: r.size },
-              summary: {
-                bytesRead: r.bytesRead,
-                bytesAdded: r.bytesAdded,
-                durationMs: ctx.clock.now().getTime() - started,
-              },
-            });
+            };
+            let m: SnapshotManifest;
+            if (snap.kind === 'fs') {
+              // Directory trees: content-defined chunks; unchanged files (size, mtime, ctime, inode) reuse the parent's.
+              const r = await backupTree(session, reader.path, {
+                signal: ctx.signal,
+                reader: repo,
+                parentTree: parent?.root.kind === 'tree' ? parent.root.tree : undefined,
+                onProgress,
+              });
+              m = await session.saveSnapshot({
+                ...common,
+                root: { kind: 'tree', tree: r.tree },
+                summary: {
+                  bytesRead: r.stats.bytesRead,
+                  bytesAdded: r.stats.bytesAdded,
+                  filesNew: r.stats.filesNew,
+                  filesChanged: r.stats.filesChanged,
+                  filesUnmodified: r.stats.filesUnmodified,
+                  durationMs: ctx.clock.now().getTime() - started,
+                },
+              });
+            } else {
+              const r = await backupImage(session, reader.path, {
+                signal: ctx.signal,
+                reader: repo,
+                parentMap: parent?.root.kind === 'image' ? parent.root.map : undefined,
+                changedRanges: parent?.root.kind === 'image' ? changedRanges : undefined,
+                onProgress,
+              });
+              m = await session.saveSnapshot({
+                ...common,
+                root: { kind: 'image', map: r.map, size: r.size },
+                summary: {
+                  bytesRead: r.bytesRead,
+                  bytesAdded: r.bytesAdded,
+                  durationMs: ctx.clock.now().getTime() - started,
+                },
+              });
+            }
+            bytesRead += m.summary.bytesRead;
+            bytesTransferred += m.summary.bytesAdded;
             snapshots[volume] = m.id;
-            bytesRead += r.bytesRead;
-            bytesTransferred += r.bytesAdded;
           } finally {
             await session.close();
           }
@@ -174,7 +203,10 @@ export const datamoverExporter: Exporter = {
   },
 };
 
-/** Streams one repository image snapshot onto a path (new file, or replacing one with `overwrite`). */
+/**
+ * Streams one repository snapshot onto a path: a block image (new file, or replacing one with `overwrite`) or a
+ * directory tree (restored beside the target, then swapped in, so a failed restore leaves the old tree).
+ */
 export async function restoreFromRepository(
   profile: LocationProfile,
   repositoryPath: string,
@@ -186,10 +218,28 @@ export async function restoreFromRepository(
   const { repo, store } = await openRepository(profile, repositoryPath, clock, false);
   try {
     const m = await repo.loadSnapshotById(snapshotId, opts);
-    if (m.root.kind !== 'image')
-      throw new InputError(`repository snapshot ${snapshotId} is not a block image`);
-    const r = await restoreImage(repo, m.root.map, target, opts);
-    return { bytesWritten: r.bytesWritten, size: r.size };
+    if (m.root.kind === 'image') {
+      const r = await restoreImage(repo, m.root.map, target, opts);
+      return { bytesWritten: r.bytesWritten, size: r.size };
+    }
+    const tmp = path.join(path.dirname(target), `.tmp-tern-restore-${crypto.randomBytes(4).toString('hex')}`);
+    try {
+      const r = await restoreTree(repo, m.root.tree, tmp, opts);
+      const exists = await fsp
+        .lstat(target)
+        .then(() => true)
+        .catch(() => false);
+      if (exists && !opts.overwrite) throw new ConflictError(`${target} exists`);
+      if (exists) {
+        const old = `${tmp}.old`;
+        await fsp.rename(target, old);
+        await fsp.rename(tmp, target);
+        await fsp.rm(old, { recursive: true, force: true });
+      } else await fsp.rename(tmp, target);
+      return { bytesWritten: r.bytes, size: r.bytes };
+    } finally {
+      await fsp.rm(tmp, { recursive: true, force: true });
+    }
   } finally {
     await repo.close();
     await store.close?.();

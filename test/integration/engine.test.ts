@@ -250,3 +250,80 @@ test('three policy runs, retention, restores from snapshot and repository byte f
     `engine integration (${fsNote}): restore of 64 MiB (2 volumes) from local snapshot ${snapMs.toFixed(0)} ms, from repository ${repoMs.toFixed(0)} ms; exports ${[e1, e2, e3].map((e) => `${(e!.bytesTransferred / MiB).toFixed(1)} MiB`).join(' / ')}`,
   );
 });
+
+function treeState(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const e of fs.readdirSync(dir, { recursive: true, withFileTypes: true })) {
+    const p = path.relative(dir, path.join(e.parentPath, e.name));
+    if (e.isSymbolicLink()) out[p] = `-> ${fs.readlinkSync(path.join(dir, p))}`;
+    else if (e.isFile()) out[p] = sha(path.join(dir, p));
+    else if (e.isDirectory()) out[p] = 'dir';
+  }
+  return out;
+}
+
+test('a directory-tree volume: incremental export, restore from snapshot and from the repository', async () => {
+  const v = await platform.createVolume('east', 'notes-fs', { kind: 'fs' });
+  const root = platform.volumeDataPath(v);
+  fs.mkdirSync(path.join(root, 'a/b'), { recursive: true });
+  for (let i = 0; i < 20; i++) fs.writeFileSync(path.join(root, 'a', `f${i}`), crypto.randomBytes(32 * 1024));
+  fs.writeFileSync(path.join(root, 'a/b/big'), crypto.randomBytes(2 * MiB));
+  fs.symlinkSync('b/big', path.join(root, 'a/link'));
+  await engine.createApp({
+    name: 'notes',
+    infraProfile: 'east-infra',
+    region: 'east',
+    volumes: [{ name: 'data', ref: 'notes-fs' }],
+  });
+  await engine.createPolicy({
+    name: 'notes-p',
+    app: 'notes',
+    frequency: '@hourly',
+    retention: { latest: 5 },
+    export: { mode: 'datamover', locationProfile: 'offsite', repositoryPath: 'notes' },
+  });
+  const states: Record<string, string>[] = [];
+  for (const change of [
+    () => {},
+    () => {
+      fs.writeFileSync(path.join(root, 'a/f3'), 'changed');
+      fs.rmSync(path.join(root, 'a/f4'));
+      fs.writeFileSync(path.join(root, 'a/b/new'), crypto.randomBytes(1000));
+    },
+  ]) {
+    change();
+    states.push(treeState(root));
+    const { actionId } = await engine.runPolicy('notes-p');
+    await engine.idle();
+    for (const a of await engine.listActions({ run: actionId }))
+      assert.equal(a.state, 'Complete', `${a.type}: ${JSON.stringify(a.error)}`);
+    clock.advance(3_600_000);
+  }
+  const [e2, e1] = await engine.listActions({ app: 'notes', type: 'export' });
+  assert.equal(e2?.params['incremental'], true);
+  assert.ok(
+    e2!.bytesTransferred < e1!.bytesTransferred / 10,
+    `incremental tree export sent ${e2!.bytesTransferred}`,
+  );
+  const [rp2, rp1] = await engine.listRestorePoints({ app: 'notes' });
+
+  const s = await engine.restore({ restorePoint: rp1!.id, source: 'snapshot', targetApp: 'notes-snap' });
+  assert.equal((await engine.waitForAction(s.actionId!)).state, 'Complete');
+  assert.deepEqual(treeState(path.join(regionDir, 'volumes', 'notes-snap-data')), states[0]);
+
+  const r = await engine.restore({ restorePoint: rp2!.id, source: 'repository', targetApp: 'notes-repo' });
+  const ra = await engine.waitForAction(r.actionId!);
+  assert.equal(ra.state, 'Complete', JSON.stringify(ra.error));
+  assert.deepEqual(treeState(path.join(regionDir, 'volumes', 'notes-repo-data')), states[1]);
+
+  // In place from the repository: the subvolume is replaced by the older tree.
+  const ip = await engine.restore({ restorePoint: rp1!.id, source: 'repository' });
+  const ipa = await engine.waitForAction(ip.actionId!);
+  assert.equal(ipa.state, 'Complete', JSON.stringify(ipa.error));
+  assert.deepEqual(treeState(root), states[0]);
+  assert.deepEqual(
+    fs.readdirSync(path.join(regionDir, 'volumes')).filter((n) => n.startsWith('.')),
+    [],
+    'no temporary restore directories left',
+  );
+});
