@@ -1,0 +1,228 @@
+/**
+ * The RestoreAction reconciler against a real kube-apiserver with the Tern CRDs: a backup exported to a
+ * file:// repository, a location Profile + Secret, a RestorePoint with a repository tier, then
+ * RestoreActions that the reconciler runs, reporting state, phases, plan and errors in their status.
+ */
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { RestoreActionReconciler, TernTypes } from '../../src/engine/kube/reconciler.ts';
+import { LocalPlatform } from '../../src/platforms/index.ts';
+import {
+  KubeClient,
+  KubeTypes as T,
+  backupNamespace,
+  exportBackup,
+  type KubeObject,
+} from '../../src/platforms/kubernetes/index.ts';
+import { Repository } from '../../src/repo/index.ts';
+import { LocalStore } from '../../src/storage/index.ts';
+import { installCrdDir, kubeSkipReason, startKube, type Kube } from '../harness/kube.ts';
+import { TestCsiController } from '../kube/csi-controller.ts';
+
+const DRIVER = 'local.csi.tern.io';
+const ROOT = path.resolve(import.meta.dirname, '..', '..');
+const skip = kubeSkipReason();
+const cm = {
+  group: '',
+  version: 'v1',
+  apiVersion: 'v1',
+  kind: 'ConfigMap',
+  plural: 'configmaps',
+  namespaced: true,
+  verbs: [],
+};
+
+const o = (
+  apiVersion: string,
+  kind: string,
+  name: string,
+  ns: string | undefined,
+  rest: Record<string, unknown> = {},
+): KubeObject => ({
+  apiVersion,
+  kind,
+  metadata: { name, ...(ns ? { namespace: ns } : {}) },
+  ...rest,
+});
+
+describe('RestoreAction reconciler (real kube-apiserver)', { skip }, () => {
+  let kube: Kube;
+  let client: KubeClient;
+  let csi: TestCsiController;
+  let platform: LocalPlatform;
+  let tmp: string;
+  let backupId: string;
+  const payload = crypto.randomBytes(1 << 20);
+
+  before(async () => {
+    kube = await startKube();
+    client = new KubeClient(kube.kubeConfig());
+    await installCrdDir(kube.kubeConfig(), path.join(ROOT, 'deploy', 'crds'));
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-kube-rec-'));
+    fs.mkdirSync(path.join(tmp, 'east'));
+    platform = new LocalPlatform({ regions: { east: path.join(tmp, 'east') } });
+    csi = new TestCsiController({ kc: kube.kubeConfig(), platform, region: 'east', driver: DRIVER });
+    csi.start();
+    await client.create(
+      T.storageClass,
+      o('storage.k8s.io/v1', 'StorageClass', 'tern-local', undefined, {
+        provisioner: DRIVER,
+        reclaimPolicy: 'Delete',
+      }),
+    );
+    const vsc = o('snapshot.storage.k8s.io/v1', 'VolumeSnapshotClass', 'snap', undefined, {
+      driver: DRIVER,
+      deletionPolicy: 'Delete',
+    });
+    vsc.metadata.annotations = { 'tern.io/is-snapshot-class': 'true' };
+    await client.create(T.volumeSnapshotClass, vsc);
+    for (const ns of ['app', 'tern-system'])
+      await client.create(T.namespace, o('v1', 'Namespace', ns, undefined));
+    await client.create(cm, o('v1', 'ConfigMap', 'conf', 'app', { data: { k: 'v' } }));
+    await client.create(
+      T.pvc,
+      o('v1', 'PersistentVolumeClaim', 'data', 'app', {
+        spec: {
+          storageClassName: 'tern-local',
+          accessModes: ['ReadWriteOnce'],
+          resources: { requests: { storage: '1Mi' } },
+        },
+      }),
+    );
+    for (let i = 0; ; i++) {
+      const pvc = await client.get(T.pvc, 'app', 'data');
+      const pvName = (pvc['spec'] as { volumeName?: string }).volumeName;
+      if (pvName && (pvc['status'] as { phase?: string }).phase === 'Bound') {
+        const pv = await client.get(T.pv, undefined, pvName);
+        const handle = (pv['spec'] as { csi: { volumeHandle: string } }).csi.volumeHandle;
+        const vol = (await platform.listVolumes('east')).find((v) => v.id === handle)!;
+        fs.writeFileSync(platform.volumeDataPath(vol), payload);
+        break;
+      }
+      assert.ok(i < 300, 'claim bound');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    // Backup, export to a file:// repository, and describe it with Tern resources.
+    const bundle = await backupNamespace(client, 'app', { pollMs: 50 });
+    backupId = bundle.id;
+    const repoDir = path.join(tmp, 'repo');
+    const repo = await Repository.init(new LocalStore(repoDir), 'repo-pass', {
+      kdf: { N: 1024, r: 8, p: 1 },
+      workers: 1,
+    });
+    await exportBackup(repo, bundle, {
+      open: (v) =>
+        Promise.resolve({
+          path: platform.snapshotPath({
+            id: v.snapshotHandle,
+            volumeId: '',
+            region: 'east',
+            sizeBytes: 0,
+            createdAt: '',
+            kind: 'block',
+          }),
+          release: () => Promise.resolve(),
+        }),
+    });
+    await repo.close();
+    await client.create(
+      TernTypes.secret,
+      o('v1', 'Secret', 'offsite-keys', 'tern-system', { stringData: { passphrase: 'repo-pass' } }),
+    );
+    await client.create(
+      TernTypes.profile,
+      o('tern.io/v1alpha1', 'Profile', 'offsite', 'tern-system', {
+        spec: { kind: 'location', url: `file://${tmp}`, secretRef: { name: 'offsite-keys' } },
+      }),
+    );
+    const rp = await client.create(
+      TernTypes.restorePoint,
+      o('tern.io/v1alpha1', 'RestorePoint', 'app-1', 'tern-system', {
+        spec: { app: 'app', backupId, consistentAt: bundle.createdAt, sizeBytes: payload.length },
+      }),
+    );
+    await client.replaceStatus(TernTypes.restorePoint, {
+      ...rp,
+      status: {
+        tiers: [{ kind: 'repository', locationProfile: 'offsite', repositoryPath: 'repo', snapshots: {} }],
+      },
+    });
+  });
+
+  after(async () => {
+    await csi?.stop();
+    await kube?.stop();
+    if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+  });
+
+  test('a RestoreAction restores into its target namespace and reports Complete with phases and plan', async () => {
+    await client.create(
+      TernTypes.restoreAction,
+      o('tern.io/v1alpha1', 'RestoreAction', 'to-app2', 'tern-system', {
+        spec: {
+          restorePoint: 'app-1',
+          targetNamespace: 'app2',
+          transforms: [{ kinds: ['ConfigMap'], ops: [{ op: 'add', path: '/data/restored', value: 'yes' }] }],
+        },
+      }),
+    );
+    const logs: string[] = [];
+    const rec = new RestoreActionReconciler({ client, namespace: 'tern-system', log: (l) => logs.push(l) });
+    const t0 = Date.now();
+    assert.equal(await rec.reconcileOnce(), 1);
+    console.log(`# reconciled restore action in ${Date.now() - t0} ms`);
+    const status = (await client.get(TernTypes.restoreAction, 'tern-system', 'to-app2'))['status'] as {
+      state: string;
+      phases: { name: string; endedAt?: string }[];
+      plan: { kind: string; action: string }[];
+    };
+    assert.equal(status.state, 'Complete', logs.join('\n'));
+    assert.deepEqual(
+      status.phases.map((p) => p.name),
+      ['open-repository', 'load-bundle', 'restore'],
+    );
+    assert.ok(status.phases.every((p) => p.endedAt));
+    assert.ok(status.plan.some((p) => p.kind === 'PersistentVolumeClaim' && p.action === 'create'));
+    assert.deepEqual((await client.get(cm, 'app2', 'conf'))['data'], { k: 'v', restored: 'yes' });
+    const pvc = await client.get(T.pvc, 'app2', 'data');
+    const pv = await client.get(T.pv, undefined, (pvc['spec'] as { volumeName: string }).volumeName);
+    const handle = (pv['spec'] as { csi: { volumeHandle: string } }).csi.volumeHandle;
+    const vol = (await platform.listVolumes('east')).find((v) => v.id === handle)!;
+    assert.ok(fs.readFileSync(platform.volumeDataPath(vol)).equals(payload));
+    // Done actions are not run again.
+    assert.equal(await rec.reconcileOnce(), 0);
+  });
+
+  test('failures are reported in status with a machine-readable code', async () => {
+    await client.create(
+      TernTypes.restoreAction,
+      o('tern.io/v1alpha1', 'RestoreAction', 'missing-point', 'tern-system', {
+        spec: { restorePoint: 'nope' },
+      }),
+    );
+    await client.create(
+      TernTypes.restoreAction,
+      o('tern.io/v1alpha1', 'RestoreAction', 'repo-source', 'tern-system', {
+        spec: { restorePoint: 'app-1', source: 'repository' },
+      }),
+    );
+    const rec = new RestoreActionReconciler({ client, namespace: 'tern-system' });
+    assert.equal(await rec.reconcileOnce(), 2);
+    const st = async (name: string) =>
+      (await client.get(TernTypes.restoreAction, 'tern-system', name))['status'] as {
+        state: string;
+        error: { code: string; message: string };
+      };
+    const a = await st('missing-point');
+    assert.equal(a.state, 'Failed');
+    assert.equal(a.error.code, 'NOT_FOUND');
+    assert.match(a.error.message, /RestorePoint "nope" not found/);
+    const b = await st('repo-source');
+    assert.equal(b.error.code, 'INPUT');
+    assert.match(b.error.message, /datamover Jobs/);
+  });
+});
