@@ -178,7 +178,7 @@ export class Catalog {
     });
   }
 
-  /** Redacted listing: secrets are not even decrypted. */
+  /** Redacted listing (secret names only; the values are decrypted to learn the names and dropped). */
   listProfiles(kind?: 'location' | 'infra'): RedactedProfile[] {
     const rows = (
       kind

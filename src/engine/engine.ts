@@ -331,9 +331,10 @@ export class Engine implements TernService {
     if (req.targetApp !== undefined) parseInput(NameSchema, req.targetApp, 'target application name');
     const plan = await planRestore(this, req);
     if (req.dryRun) return { plan };
+    // Queued with the source app: its policy runs (and their retention) wait, so the snapshots being read stay.
     const a = this.runner.create({
       type: 'restore',
-      app: plan.targetApp,
+      app: plan.app,
       restorePoint: plan.restorePoint,
       params: { plan },
     });

@@ -84,6 +84,13 @@ export function makeHandlers(
     const policy = policyOf(engine, ctx.action.policy);
     const app = catalog.getApp(policy.app);
     const platform = await engine.platformFor(app.infraProfile);
+    const run = typeof ctx.action.params['run'] === 'string' ? ctx.action.params['run'] : ctx.action.id;
+    const follow = (rpId: string) => {
+      const common = { app: app.name, policy: policy.name, restorePoint: rpId, params: { run } };
+      return { next: [{ type: policy.export ? ('export' as const) : ('retention' as const), ...common }] };
+    };
+    // An earlier attempt recorded its restore point (with the action, in one transaction): only the follow-on is left.
+    if (ctx.action.restorePoint) return follow(ctx.action.restorePoint);
     const vols = await appVolumes(platform, app);
     if (ctx.action.attempt > 1)
       await ctx.phase('cleanup', async () => {
@@ -117,17 +124,17 @@ export function makeHandlers(
           sizeBytes: size,
           tiers: [{ kind: 'local', region: app.region, snapshots }],
         };
-        catalog.insertRestorePoint(point);
+        catalog.tx(() => {
+          catalog.insertRestorePoint(point);
+          ctx.update({ restorePoint: point.id });
+        });
         return point;
       } catch (err) {
         for (const s of made) await platform.deleteSnapshot(s).catch(() => undefined);
         throw err;
       }
     });
-    ctx.update({ restorePoint: rp.id });
-    const run = typeof ctx.action.params['run'] === 'string' ? ctx.action.params['run'] : ctx.action.id;
-    const common = { app: app.name, policy: policy.name, restorePoint: rp.id, params: { run } };
-    return { next: [policy.export ? { type: 'export', ...common } : { type: 'retention', ...common }] };
+    return follow(rp.id);
   };
 
   const exportH: ActionHandler = async (ctx) => {

@@ -281,3 +281,33 @@ test('a simulated year of daily runs: scheduler, GFS on local snapshots, one cat
   assert.equal(age?.ageSeconds, 3600);
   console.log(`a simulated year of daily runs through the engine: ${ms.toFixed(0)} ms`);
 });
+
+test('a backup killed after recording its restore point resumes without a second snapshot', async () => {
+  const before = await engine.listRestorePoints({ app: 'yr', includeExpired: true });
+  const rp = before[0]!;
+  const orphan = engine.runner.create({ type: 'backup', app: 'yr', policy: 'yr-daily', restorePoint: rp.id });
+  // As a killed process leaves it: Running, first attempt, restore point recorded.
+  engine.catalog.updateAction({
+    ...orphan,
+    state: 'Running',
+    attempt: 1,
+    startedAt: clock.now().toISOString(),
+  });
+  const restarted = new Engine({ catalog: engine.catalog, clock, scheduler: false });
+  await restarted.start();
+  assert.deepEqual(restarted.lastRecovery.resumed, [orphan.id]);
+  await restarted.idle();
+  const done = await restarted.getAction(orphan.id);
+  assert.equal(done.state, 'Complete');
+  assert.equal(done.attempt, 2);
+  const follow = await restarted.listActions({ run: orphan.id });
+  assert.deepEqual(
+    follow.map((a) => [a.type, a.state]),
+    [
+      ['retention', 'Complete'],
+      ['backup', 'Complete'],
+    ],
+  );
+  assert.equal((await engine.listRestorePoints({ app: 'yr', includeExpired: true })).length, before.length);
+  await restarted.close();
+});
