@@ -3,14 +3,22 @@ import fs from 'node:fs';
 import type { Command } from 'commander';
 import path from 'node:path';
 import { openEngine } from '../../engine/index.ts';
-import { DEFAULT_LISTEN, startServer } from '../../server/index.ts';
+import { DEFAULT_LISTEN, DrRuntime, startServer } from '../../server/index.ts';
+import { InputError } from '../../core/index.ts';
 import { defaultDataDir } from '../client.ts';
+import { KubeConfig } from '@kubernetes/client-node';
+import { RestoreActionReconciler } from '../../engine/kube/reconciler.ts';
+import { KubeClient } from '../../platforms/kubernetes/index.ts';
 
 interface ServerFlags {
   dataDir?: string;
   listen?: string;
   tokenFile?: string;
   quiet?: boolean;
+  kubernetes?: boolean | string;
+  site?: string;
+  importSecretFile?: string;
+  drInterval?: string;
 }
 
 export function registerServer(program: Command): void {
@@ -24,6 +32,19 @@ export function registerServer(program: Command): void {
       'API bearer token (else env TERN_API_TOKEN, else <data-dir>/api-token, generated)',
     )
     .option('--quiet', 'do not log requests')
+    .option(
+      '--kubernetes [namespace]',
+      'also run RestoreAction resources found in this namespace (default $POD_NAMESPACE or tern-system), using the in-cluster or default kubeconfig',
+    )
+    .option('--site <name>', 'name of this site in DR streams (env TERN_SITE, default "site")')
+    .option(
+      '--import-secret-file <file>',
+      'DR import secret of this site, for import policies (else env TERN_IMPORT_SECRET; without it DR imports are off)',
+    )
+    .option(
+      '--dr-interval <seconds>',
+      'how often import policies are checked (env TERN_DR_INTERVAL, default 60; 0 turns the timer off)',
+    )
     .action(async (o: ServerFlags) => {
       const dataDir = o.dataDir ?? defaultDataDir();
       fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
@@ -31,7 +52,22 @@ export function registerServer(program: Command): void {
         process.stderr.write(`${new Date().toISOString()} ${line}\n`);
       };
       const engine = openEngine({ catalog: path.join(dataDir, 'catalog.db') });
+      const interval = Number(o.drInterval ?? process.env.TERN_DR_INTERVAL ?? 60);
+      if (!Number.isFinite(interval) || interval < 0)
+        throw new InputError(`--dr-interval must be a number of seconds, got "${o.drInterval}"`);
+      const importSecret = o.importSecretFile
+        ? fs.readFileSync(o.importSecretFile, 'utf8').replace(/\r?\n$/, '')
+        : process.env.TERN_IMPORT_SECRET || undefined;
+      const dr = new DrRuntime({
+        site: o.site ?? process.env.TERN_SITE ?? 'site',
+        stateDir: path.join(dataDir, 'dr'),
+        ...(importSecret ? { importSecret } : {}),
+        engine,
+        intervalMs: Math.round(interval * 1000),
+        log,
+      });
       const server = await startServer({
+        dr,
         service: engine,
         dataDir,
         listen: o.listen ?? process.env.TERN_LISTEN ?? DEFAULT_LISTEN,
@@ -44,13 +80,30 @@ export function registerServer(program: Command): void {
           `restart recovery: resumed ${resumed.join(', ') || 'none'}; failed ${failed.join(', ') || 'none'}`,
         );
       log(`tern server listening on ${server.url} (token from ${server.tokenSource}, data in ${dataDir})`);
+      log(
+        `dr: site ${dr.site}, ${dr.service ? `import policies checked every ${interval} s` : 'imports off (no import secret)'}`,
+      );
+      let reconciler: RestoreActionReconciler | undefined;
+      if (o.kubernetes) {
+        const kc = new KubeConfig();
+        kc.loadFromDefault();
+        const namespace =
+          typeof o.kubernetes === 'string' ? o.kubernetes : (process.env.POD_NAMESPACE ?? 'tern-system');
+        reconciler = new RestoreActionReconciler({ client: new KubeClient(kc), namespace, log });
+        reconciler.start();
+        log(
+          `kubernetes: reconciling RestoreActions in namespace ${namespace} of ${kc.getCurrentCluster()?.server}`,
+        );
+      }
       await new Promise<void>((resolve) => {
         const stop = (sig: string): void => {
           log(`${sig}: shutting down`);
-          server.close().then(resolve, (err: unknown) => {
-            log(`shutdown error: ${String(err)}`);
-            resolve();
-          });
+          Promise.resolve(reconciler?.stop())
+            .then(() => server.close())
+            .then(resolve, (err: unknown) => {
+              log(`shutdown error: ${String(err)}`);
+              resolve();
+            });
         };
         process.once('SIGTERM', () => stop('SIGTERM'));
         process.once('SIGINT', () => stop('SIGINT'));
