@@ -145,7 +145,7 @@ export async function startKube(): Promise<Kube> {
       ],
       etcdLog,
     );
-    await waitForPort(etcdPort, 30_000).catch(async (err: unknown) => {
+    await waitForPort(etcdPort, 60_000).catch(async (err: unknown) => {
       throw new Error(`etcd did not start:\n${await tail(etcdLog)}`, { cause: err });
     });
     api = spawnLogged(
@@ -174,12 +174,13 @@ export async function startKube(): Promise<Kube> {
     );
     const caPem = await fsp.readFile(path.join(dir, 'ca.crt'), 'utf8');
     const server = `https://127.0.0.1:${apiPort}`;
-    const deadline = Date.now() + 90_000;
+    // Generous: under heavy load (load average ~30 on 2 cores) a start here outlasted a 120 s test hook.
+    const deadline = Date.now() + 180_000;
     for (;;) {
       if (api.exitCode !== null) throw new Error(`kube-apiserver exited:\n${await tail(apiLog)}`);
       if ((await get(`${server}/readyz`, caPem, adminToken)) === 200) break;
       if (Date.now() > deadline)
-        throw new Error(`kube-apiserver not ready after 90 s:\n${await tail(apiLog)}`);
+        throw new Error(`kube-apiserver not ready after 180 s:\n${await tail(apiLog)}`);
       await new Promise((r) => setTimeout(r, 250));
     }
     const kubeConfig = (user: 'admin' | 'limited' = 'admin'): KubeConfig => {
@@ -225,14 +226,14 @@ export async function installCrdDir(kc: KubeConfig, dir: string): Promise<string
       names.push(crd.metadata.name);
     }
   }
-  const deadline = Date.now() + 30_000;
+  const deadline = Date.now() + 60_000;
   for (const name of names) {
     for (;;) {
       const crd = await client.get(KubeTypes.crd, undefined, name);
       const conds = (crd['status'] as { conditions?: { type: string; status: string }[] } | undefined)
         ?.conditions;
       if (conds?.some((c) => c.type === 'Established' && c.status === 'True')) break;
-      if (Date.now() > deadline) throw new Error(`CRD ${name} not established after 30 s`);
+      if (Date.now() > deadline) throw new Error(`CRD ${name} not established after 60 s`);
       await new Promise((r) => setTimeout(r, 100));
     }
   }

@@ -4,6 +4,7 @@
  * RestoreActions that the reconciler runs, reporting state, phases, plan and errors in their status.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -195,6 +196,56 @@ describe('RestoreAction reconciler (real kube-apiserver)', { skip }, () => {
     assert.ok(fs.readFileSync(platform.volumeDataPath(vol)).equals(payload));
     // Done actions are not run again.
     assert.equal(await rec.reconcileOnce(), 0);
+  });
+
+  test('tern server --kubernetes runs RestoreActions as they appear, and stops on SIGTERM', async () => {
+    const kubeconfig = path.join(tmp, 'kubeconfig');
+    fs.writeFileSync(kubeconfig, kube.kubeConfig().exportConfig());
+    const child = spawn(
+      process.execPath,
+      [
+        path.join(ROOT, 'src', 'cli', 'main.ts'),
+        'server',
+        '--kubernetes',
+        'tern-system',
+        '--listen',
+        '127.0.0.1:0',
+        '--data-dir',
+        path.join(tmp, 'srv'),
+        '--quiet',
+      ],
+      {
+        env: { ...process.env, KUBECONFIG: kubeconfig, TERN_API_TOKEN: 'test-token-0123456789abcdef' },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      },
+    );
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    try {
+      await client.create(
+        TernTypes.restoreAction,
+        o('tern.io/v1alpha1', 'RestoreAction', 'via-server', 'tern-system', {
+          spec: { restorePoint: 'app-1', targetNamespace: 'app3' },
+        }),
+      );
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        const st = (await client.get(TernTypes.restoreAction, 'tern-system', 'via-server'))['status'] as
+          { state?: string } | undefined;
+        if (st?.state === 'Complete') break;
+        assert.notEqual(st?.state, 'Failed', stderr);
+        assert.equal(child.exitCode, null, `tern server exited: ${stderr}`);
+        assert.ok(Date.now() < deadline, `not complete after 60 s: ${stderr}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      assert.deepEqual((await client.get(cm, 'app3', 'conf'))['data'], { k: 'v' });
+      assert.match(stderr, /kubernetes: reconciling RestoreActions in namespace tern-system/);
+      assert.match(stderr, /restore action via-server: complete/);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    assert.equal(await exited, 0, stderr);
   });
 
   test('failures are reported in status with a machine-readable code', async () => {
