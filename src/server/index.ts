@@ -12,12 +12,14 @@ import { SERVER_URL_FILE } from './constants.ts';
 import { HttpServer } from './http.ts';
 import { Router } from './router.ts';
 import { registerRoutes } from './routes.ts';
+import { registerDrRoutes, type DrRuntime } from './dr.ts';
 
 export { SERVER_URL_FILE, DEFAULT_LISTEN, API } from './constants.ts';
 export { loadOrCreateToken, tokenFilePath, checkBearer } from './auth.ts';
 export { httpError, codeForStatus } from './errors.ts';
 export { buildOpenApi } from './openapi.ts';
 export { renderMetrics } from './metrics.ts';
+export { DrRuntime, type DrRuntimeOptions } from './dr.ts';
 
 export interface ServerOptions {
   service: TernService;
@@ -28,6 +30,8 @@ export interface ServerOptions {
   env?: NodeJS.ProcessEnv;
   version?: string;
   log?: (line: string) => void;
+  /** DR at this site: /v1/dr routes and the import-policy timer. */
+  dr?: DrRuntime;
 }
 
 export interface RunningServer {
@@ -58,6 +62,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     openStream: (ctx) => http.openStream(ctx),
     version: opts.version ?? '0.1.0',
   });
+  if (opts.dr) registerDrRoutes(router, opts.dr);
   // Recovery first: nothing is served until actions left Running by a killed process are settled.
   await opts.service.start();
   let url: string;
@@ -69,6 +74,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   }
   const urlFile = path.join(opts.dataDir, SERVER_URL_FILE);
   fs.writeFileSync(urlFile, url + '\n');
+  opts.dr?.start();
   let closing: Promise<void> | undefined;
   return {
     url,
@@ -76,6 +82,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     close: () =>
       (closing ??= (async () => {
         await http.close();
+        await opts.dr?.stop();
         await opts.service.close();
         fs.rmSync(urlFile, { force: true });
       })()),

@@ -20,6 +20,7 @@ import {
   RestorePointSchema,
   RetentionSchema,
 } from '../core/index.ts';
+import { DR_REQUEST_COMPONENTS, DR_RESPONSE_COMPONENTS } from './dr-schemas.ts';
 
 export const TIER_KINDS = ['local', 'repository', 'region-copy'] as const;
 
@@ -124,6 +125,7 @@ export const REQUEST_COMPONENTS = {
   PolicyInput: PolicySchema,
   PolicyPatch: PolicyPatchSchema,
   RestoreRequest: RestoreRequestSchema,
+  ...DR_REQUEST_COMPONENTS,
 } as const;
 /** …and responses (output side: defaults are filled in, so those fields are always present). */
 export const RESPONSE_COMPONENTS = {
@@ -136,4 +138,5 @@ export const RESPONSE_COMPONENTS = {
   ActionRun: ActionRunSchema,
   ErrorRecord: ErrorRecordSchema,
   Error: ErrorSchema,
+  ...DR_RESPONSE_COMPONENTS,
 } as const;

@@ -10,6 +10,7 @@ import { Repository, backupImage } from '../../repo/index.ts';
 import type { BackupSession, SnapshotManifest } from '../../repo/index.ts';
 import { backupTree } from '../../repo/tree/index.ts';
 import { openStore } from '../../storage/index.ts';
+import type { StoreOptions } from '../../storage/index.ts';
 import type { ExportOutcome, ExportTarget, Exporter, SourceRestorePoint, VolumeExport } from './types.ts';
 
 export interface DatamoverExporterOptions {
@@ -23,8 +24,13 @@ export interface DatamoverExporterOptions {
   chunkSize?: number;
 }
 
-export async function openRepository(url: string, password: string, init = false): Promise<Repository> {
-  const store = await openStore(url);
+export async function openRepository(
+  url: string,
+  password: string,
+  init = false,
+  storeOptions: StoreOptions = {},
+): Promise<Repository> {
+  const store = await openStore(url, storeOptions);
   try {
     return await Repository.open(store, password);
   } catch (err) {

@@ -5,9 +5,11 @@
  * atomically, so a kill at any point leaves no half-imported restore point.
  */
 import { IntegrityError, NotFoundError, systemClock, throwIfAborted } from '../../core/index.ts';
+import { withCredentialsHint } from './credentials.ts';
 import type { Clock, RunOptions } from '../../core/index.ts';
 import type { Platform } from '../../platforms/index.ts';
 import { openStore } from '../../storage/index.ts';
+import type { StoreOptions } from '../../storage/index.ts';
 import { openRepository } from './datamover.ts';
 import { listRecords, recordKey } from './records.ts';
 import { platformFor, restoreImported } from './restore.ts';
@@ -27,6 +29,13 @@ export interface ImportOptions extends RunOptions {
   restoreAfterImport?: boolean;
   restore?: Pick<RestoreOptions, 'region' | 'nameFor' | 'streamTarget'>;
   platform?: Platform;
+  /**
+   * Credentials/endpoint for the export location named by the token (s3://, azblob://): the DR site's own
+   * location profile (tokens never carry credentials). Without them the store reads its standard env.
+   */
+  storeOptions?: StoreOptions;
+  /** Name of the location profile `storeOptions` came from, remembered on the stream (never the secrets). */
+  locationProfile?: string;
   clock?: Clock;
   /** Called at each step ('listed', 'checked:<id>', 'standby:<id>', 'recorded:<id>'); tests stop here. */
   onStep?: (step: string) => void | Promise<void>;
@@ -48,7 +57,7 @@ export interface ImportResult {
 
 /** Restore points at the export location not yet imported here, oldest first. */
 export async function listImportable(
-  o: Pick<ImportOptions, 'state' | 'token' | 'importSecret' | 'signal'>,
+  o: Pick<ImportOptions, 'state' | 'token' | 'importSecret' | 'signal' | 'storeOptions'>,
 ): Promise<{
   details: StreamDetails;
   records: RestorePointRecord[];
@@ -60,26 +69,35 @@ export async function listImportable(
   const cur = st.imports[details.stream.id];
   const known = new Set(cur?.restorePoints.map((r) => r.id) ?? []);
   const skip = new Set([...known, ...(cur?.forgotten ?? [])]);
-  const store = await openStore(details.stream.records);
   try {
-    const { records, errors } = await listRecords(
-      store,
-      details.stream.id,
-      recordKey(o.importSecret, details.stream.id),
-      o,
-    );
-    return {
-      details,
-      records: records.filter((r) => !skip.has(r.id)),
-      rejected: errors.map((e) => e.message),
-      known,
-    };
-  } finally {
-    await store.close?.();
+    const store = await openStore(details.stream.records, o.storeOptions);
+    try {
+      const { records, errors } = await listRecords(
+        store,
+        details.stream.id,
+        recordKey(o.importSecret, details.stream.id),
+        o,
+      );
+      return {
+        details,
+        records: records.filter((r) => !skip.has(r.id)),
+        rejected: errors.map((e) => e.message),
+        known,
+      };
+    } finally {
+      await store.close?.();
+    }
+  } catch (err) {
+    throw withCredentialsHint(err, details.stream.records, o.storeOptions);
   }
 }
 
-function streamFrom(details: StreamDetails, token: string, keepLast: number | undefined): ImportStream {
+function streamFrom(
+  details: StreamDetails,
+  token: string,
+  keepLast: number | undefined,
+  locationProfile: string | undefined,
+): ImportStream {
   const p = details.payload;
   return {
     id: details.stream.id,
@@ -91,6 +109,7 @@ function streamFrom(details: StreamDetails, token: string, keepLast: number | un
     records: details.stream.records,
     ...(p.platform ? { platform: p.platform } : {}),
     ...(keepLast ? { keepLast } : {}),
+    ...(locationProfile ? { locationProfile } : {}),
     restorePoints: [],
     forgotten: [],
   };
@@ -107,7 +126,14 @@ async function checkData(
   for (const v of rec.volumes) {
     if (v.repositorySnapshot) {
       if (!details.repositoryPassword) throw new IntegrityError('the export details carry no repository key');
-      ctx.repo ??= await openRepository(stream.location.repository, details.repositoryPassword);
+      ctx.repo ??= await openRepository(
+        stream.location.repository,
+        details.repositoryPassword,
+        false,
+        o.storeOptions,
+      ).catch((err: unknown) => {
+        throw withCredentialsHint(err, stream.location.repository, o.storeOptions);
+      });
       await ctx.repo.loadSnapshotById(v.repositorySnapshot, o);
     }
     if (v.copy) {
@@ -134,8 +160,9 @@ export async function importRestorePoints(o: ImportOptions): Promise<ImportResul
   const { details, records, rejected, known } = await listImportable(o);
   await o.onStep?.('listed');
   const st = await o.state.read();
-  const stream = st.imports[details.stream.id] ?? streamFrom(details, o.token, o.keepLast);
+  const stream = st.imports[details.stream.id] ?? streamFrom(details, o.token, o.keepLast, o.locationProfile);
   stream.token = o.token;
+  if (o.locationProfile) stream.locationProfile = o.locationProfile;
   const result: ImportResult = {
     stream: stream.id,
     app: stream.app,
@@ -162,6 +189,7 @@ export async function importRestorePoints(o: ImportOptions): Promise<ImportResul
             ...o.restore,
             importSecret: o.importSecret,
             platform: ctx.platform ?? o.platform,
+            ...(o.storeOptions ? { storeOptions: o.storeOptions } : {}),
             overwrite: true,
             clock,
             signal: o.signal,
@@ -177,6 +205,7 @@ export async function importRestorePoints(o: ImportOptions): Promise<ImportResul
       const forgotten = await o.state.update((s) => {
         const cur = s.imports[stream.id] ?? { ...stream, restorePoints: [] };
         cur.token = o.token;
+        if (o.locationProfile) cur.locationProfile = o.locationProfile;
         if (keepLast) cur.keepLast = keepLast;
         cur.lastImportAt = clock.now().toISOString();
         if (!cur.restorePoints.some((r) => r.id === rec.id)) cur.restorePoints.push(imported);
@@ -196,6 +225,7 @@ export async function importRestorePoints(o: ImportOptions): Promise<ImportResul
       await o.state.update((s) => {
         const cur = s.imports[stream.id] ?? { ...stream, restorePoints: [] };
         cur.token = o.token;
+        if (o.locationProfile) cur.locationProfile = o.locationProfile;
         cur.lastImportAt = clock.now().toISOString();
         s.imports[stream.id] = cur;
       });

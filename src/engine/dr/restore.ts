@@ -10,9 +10,11 @@ import { InputError, NotFoundError, systemClock, throwIfAborted } from '../../co
 import type { Clock, RunOptions } from '../../core/index.ts';
 import { openPlatform } from '../../platforms/index.ts';
 import type { Platform, VolumeRef } from '../../platforms/index.ts';
+import type { StoreOptions } from '../../storage/index.ts';
 import { restoreImage } from '../../repo/index.ts';
 import { restoreTree } from '../../repo/tree/index.ts';
 import { openRepository } from './datamover.ts';
+import { withCredentialsHint } from './credentials.ts';
 import type { DrStateStore, ImportStream, ImportedRestorePoint, RestoreRun } from './state.ts';
 import { readStreamDetails } from './token.ts';
 import type { RestorePath } from './types.ts';
@@ -49,6 +51,8 @@ export interface RestoreOptions extends RunOptions {
   nameFor?: (volume: string) => string;
   overwrite?: boolean;
   streamTarget?: StreamTarget;
+  /** Credentials for the stream's repository (s3://, azblob://): options, or per stream (its location profile). */
+  storeOptions?: StoreOptions | ((stream: ImportStream) => StoreOptions | undefined);
   clock?: Clock;
   /** Do not record the run (warm-standby restores inside an import record themselves). */
   record?: boolean;
@@ -133,7 +137,15 @@ export async function restoreImported(
     const target = o.streamTarget ?? (platform ? defaultStreamTarget(platform) : undefined);
     if (!target) throw new InputError('no place to restore volumes to: give a stream target');
     const region = o.region ?? (platform ? (await platform.info()).regions[0]?.name : undefined) ?? 'default';
-    const repo = await openRepository(stream.location.repository, details.repositoryPassword);
+    const storeOptions = typeof o.storeOptions === 'function' ? o.storeOptions(stream) : o.storeOptions;
+    const repo = await openRepository(
+      stream.location.repository,
+      details.repositoryPassword,
+      false,
+      storeOptions,
+    ).catch((err: unknown) => {
+      throw withCredentialsHint(err, stream.location.repository, storeOptions);
+    });
     try {
       for (const v of rp.volumes) {
         throwIfAborted(o.signal);

@@ -9,6 +9,7 @@ import type { z } from 'zod';
 import { systemClock } from '../../core/index.ts';
 import type { Platform } from '../../platforms/index.ts';
 import { openStore } from '../../storage/index.ts';
+import type { StoreOptions } from '../../storage/index.ts';
 import type { Engine } from '../engine.ts';
 import { publishExportDetails } from './engine-publish.ts';
 import type { PublishResult } from './engine-publish.ts';
@@ -23,13 +24,14 @@ import {
   ConflictError,
   describeError,
   frequencyToCron,
+  InputError,
   NotFoundError,
   parseInput,
 } from '../../core/index.ts';
 import { latestDue } from '../scheduler.ts';
 import { readStreamDetails } from './token.ts';
 import { DrStateStore, ImportPolicySchema } from './state.ts';
-import type { ImportPolicy } from './state.ts';
+import type { ImportPolicy, ImportStream } from './state.ts';
 import type { RestorePointRecord } from './types.ts';
 
 export interface DrServiceOptions {
@@ -41,6 +43,12 @@ export interface DrServiceOptions {
   engine?: Engine;
   /** The DR site's platform (default: opened from each stream's export details). */
   platform?: Platform;
+  /**
+   * Store options (endpoint, credentials) of one of this site's location profiles, by name: how the DR site
+   * reads s3:// or azblob:// export locations (tokens never carry credentials). The server resolves them
+   * from its catalog; throws NotFoundError for an unknown profile.
+   */
+  storeOptionsFor?: (locationProfile: string) => StoreOptions;
   clock?: Clock;
 }
 
@@ -65,13 +73,29 @@ export class DrService {
     });
   }
 
+  /** Store options for a location profile of this site (undefined: none named, the store reads its env). */
+  storeOptions(locationProfile: string | undefined): StoreOptions | undefined {
+    if (!locationProfile) return undefined;
+    if (!this.o.storeOptionsFor)
+      throw new InputError(
+        `location profile "${locationProfile}" given, but this DR site has no catalog of profiles (run it in "tern server" or use AWS_*/AZURE_STORAGE_* env)`,
+      );
+    return this.o.storeOptionsFor(locationProfile);
+  }
+
+  private streamStoreOptions(stream: ImportStream): StoreOptions | undefined {
+    return this.storeOptions(stream.locationProfile);
+  }
+
   /** DR site: import every new restore point named by the token's stream. */
   import(
     token: string,
     opts: Omit<ImportOptions, 'state' | 'token' | 'importSecret'> = {},
   ): Promise<ImportResult> {
+    const storeOptions = opts.storeOptions ?? this.storeOptions(opts.locationProfile);
     return importRestorePoints({
       ...opts,
+      ...(storeOptions ? { storeOptions } : {}),
       state: this.state,
       token,
       importSecret: this.o.importSecret,
@@ -85,6 +109,7 @@ export class DrService {
     opts: Omit<RestoreOptions, 'state' | 'app' | 'importSecret'> = {},
   ): Promise<RestoreResult> {
     return restoreAtDr({
+      storeOptions: (stream) => this.streamStoreOptions(stream),
       ...opts,
       state: this.state,
       app,
@@ -99,6 +124,7 @@ export class DrService {
   async createImportPolicy(input: z.input<typeof ImportPolicySchema>): Promise<ImportPolicy> {
     const p = parseInput(ImportPolicySchema, input, 'import policy');
     readStreamDetails(p.token, this.o.importSecret); // rejects a bad token before it is stored
+    this.storeOptions(p.locationProfile); // and an unknown location profile
     return this.state.update((s) => {
       if (s.policies[p.name]) throw new ConflictError(`import policy "${p.name}" exists`);
       s.policies[p.name] = p;
@@ -126,6 +152,7 @@ export class DrService {
       const r = await this.import(p.token, {
         ...opts,
         ...(p.keepLast ? { keepLast: p.keepLast } : {}),
+        ...(p.locationProfile ? { locationProfile: p.locationProfile } : {}),
         restoreAfterImport: p.restoreAfterImport,
         ...(p.standby
           ? {
@@ -186,7 +213,7 @@ export class DrService {
       for (const s of Object.values(st.imports)) {
         const known = new Set([...s.restorePoints.map((r) => r.id), ...s.forgotten]);
         try {
-          const store = await openStore(s.records);
+          const store = await openStore(s.records, this.streamStoreOptions(s));
           try {
             const { records } = await listRecords(store, s.id, recordKey(this.o.importSecret, s.id), opts);
             importable[s.id] = records.filter((r) => !known.has(r.id));

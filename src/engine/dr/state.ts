@@ -41,6 +41,8 @@ const ImportStreamSchema = z.object({
   token: z.string().min(1),
   location: z.object({ profile: z.string(), repository: z.string() }),
   records: z.string().min(1),
+  /** Location profile of this site that holds the credentials for `records`/`location` (name only). */
+  locationProfile: z.string().optional(),
   platform: z.object({ type: z.string(), config: z.record(z.string(), z.unknown()) }).optional(),
   keepLast: z.number().int().positive().optional(),
   lastImportAt: z.iso.datetime().optional(),
@@ -71,6 +73,8 @@ export const ImportPolicySchema = z.object({
   token: z.string().min(1),
   frequency: FrequencySchema,
   keepLast: z.number().int().positive().optional(),
+  /** Location profile of this site with the credentials for the export location (s3://, azblob://). */
+  locationProfile: NameSchema.optional(),
   restoreAfterImport: z.boolean().default(false),
   /** Warm standby target: region and volume name prefix (default: the source volume names). */
   standby: z.object({ region: z.string().optional(), prefix: z.string().optional() }).optional(),
