@@ -30,6 +30,7 @@ import {
   parseBundle,
   parseTransforms,
   restoreBundle,
+  deleteBackupSnapshots,
   repositoryVolumeRestorer,
   LocalCommandRunner,
   type Bundle,
@@ -671,6 +672,30 @@ describe('kubernetes backup and restore (real kube-apiserver)', { skip }, () => 
     );
     const ns = await client.find(T.namespace, undefined, 'shop-bad');
     assert.ok(!ns || ns.metadata.deletionTimestamp, 'namespace deleted');
+  });
+
+  test('retiring a backup deletes its CSI snapshots; restored volumes keep their data', async () => {
+    const snapPath = (handle: string) =>
+      platform.snapshotPath({
+        id: handle,
+        volumeId: '',
+        region: 'east',
+        sizeBytes: 0,
+        createdAt: '',
+        kind: 'block',
+      });
+    for (const v of bundle.volumes) assert.ok(fs.existsSync(snapPath(v.snapshotHandle)));
+    assert.deepEqual(await deleteBackupSnapshots(client, bundle), { missing: [] });
+    await waitFor('snapshots retired', async () => {
+      for (const v of bundle.volumes) {
+        if (await client.find(T.volumeSnapshotContent, undefined, v.volumeSnapshotContent)) return undefined;
+        if (fs.existsSync(snapPath(v.snapshotHandle))) return undefined;
+      }
+      return true;
+    });
+    for (const [name, buf] of data)
+      assert.ok(fs.readFileSync(await pvcPath(NS, name)).equals(buf), `${name} still intact`);
+    assert.equal((await deleteBackupSnapshots(client, bundle)).missing.length, 2);
   });
 
   test('errors: missing snapshot class, unbound PVC, RBAC forbidden — clear errors, nothing created', async () => {

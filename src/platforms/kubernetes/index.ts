@@ -10,6 +10,7 @@ export {
   planSnapshots,
   takeSnapshots,
   waitSnapshotReady,
+  deleteBackupSnapshots,
   SNAPSHOT_CLASS_ANNOTATION,
   BACKUP_LABEL,
 } from './snapshots.ts';

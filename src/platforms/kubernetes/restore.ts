@@ -21,7 +21,7 @@ import {
 import { objectKey, type Bundle, type VolumeRecord } from './bundle.ts';
 import { T, type KubeClient, type KubeObject, type ResourceType } from './client.ts';
 import { discover, typeFor } from './discovery.ts';
-import { waitSnapshotReady } from './snapshots.ts';
+import { parseQuantity, waitSnapshotReady } from './snapshots.ts';
 import { applyTransforms, type Transform } from './transforms.ts';
 
 export const RESTORE_LABEL = 'tern.io/restore';
@@ -212,6 +212,11 @@ export async function planRestore(
         delete spec['dataSource'];
         if (!opts.volumeData)
           spec['dataSource'] = { apiGroup: T.volumeSnapshot.group, kind: 'VolumeSnapshot', name: vsName };
+        // A claim smaller than the snapshot's restore size is refused by CSI provisioners.
+        const res = (spec['resources'] ??= {}) as { requests?: Record<string, string> };
+        const requests = (res.requests ??= {});
+        if (parseQuantity(requests['storage']) < volume.restoreSizeBytes)
+          requests['storage'] = String(volume.restoreSizeBytes);
       }
     }
     const t = applyTransforms(o, transforms);

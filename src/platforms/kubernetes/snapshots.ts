@@ -259,3 +259,32 @@ export async function takeSnapshots(
 }
 
 export { parseQuantity };
+
+/**
+ * Retires the CSI snapshots of a backup: each recorded VolumeSnapshotContent is switched back to `Delete`
+ * so the driver removes the snapshot, then the content and its VolumeSnapshot (if still there) are deleted.
+ * Returns the contents that were already gone.
+ */
+export async function deleteBackupSnapshots(
+  client: KubeClient,
+  bundle: { namespace: string; volumes: VolumeRecord[] },
+  signal?: AbortSignal,
+): Promise<{ missing: string[] }> {
+  const missing: string[] = [];
+  for (const v of bundle.volumes) {
+    const content = await client.find(T.volumeSnapshotContent, undefined, v.volumeSnapshotContent, signal);
+    if (!content) {
+      missing.push(v.volumeSnapshotContent);
+      continue;
+    }
+    await client.mergePatch(
+      T.volumeSnapshotContent,
+      undefined,
+      v.volumeSnapshotContent,
+      { spec: { deletionPolicy: 'Delete' } },
+      signal,
+    );
+    await client.delete(T.volumeSnapshot, bundle.namespace, v.volumeSnapshot, signal);
+  }
+  return { missing };
+}
