@@ -53,11 +53,21 @@ export async function startAzurite(
   );
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  // Azurite loads a few hundred modules before it listens: on a loaded 2-core machine that took over 30 s.
+  // An early exit (e.g. the port was taken in the meantime) fails at once instead of waiting out the timeout.
+  const exited = new Promise<never>((_, reject) =>
+    child.once('exit', (code, signal) =>
+      reject(new Error(`azurite exited (${signal ?? code}) before listening: ${stderr.trim()}`)),
+    ),
+  );
+  exited.catch(() => undefined);
   try {
-    await waitForPort(port, 30_000);
+    await Promise.race([waitForPort(port, 120_000), exited]);
   } catch (err) {
     child.kill('SIGKILL');
-    throw new Error(`azurite did not start: ${stderr}`, { cause: err });
+    throw new Error(`azurite did not start on port ${port}: ${stderr.trim() || '(no output)'}`, {
+      cause: err,
+    });
   }
   const endpoint = `http://127.0.0.1:${port}`;
   return {
