@@ -5,7 +5,9 @@
  *     `prevsnapshot` and returns the full list) is answered from the compute emulator's change tracking;
  *   - access SAS tokens issued by grantAccess obey the emulator's clock and revokeAccess (Azurite only checks
  *     the real `se`), so tests can expire or revoke a SAS in the middle of a copy;
- *   - Get Blob Metadata on a SAS URL (Azurite's own copy-source check) is answered without the blob body.
+ *   - Get Blob Metadata on a SAS URL (Azurite's own copy-source check) is answered without the blob body;
+ *   - after Azurite copies a page blob, `afterCopy` gives the copy its own page list: Azurite 3.35 shares the
+ *     source's page-range array with the copy, so writing pages to one silently changed the other.
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -17,6 +19,8 @@ export interface BlobFrontHooks {
   /** Changed ranges between two managed blobs (account/container/blob paths), or undefined if unknown. */
   diff(target: string, previous: string): Promise<{ ranges: Range[]; size: number } | undefined>;
   onBytes?(direction: 'in' | 'out', n: number, path: string): void;
+  /** Called after Azurite accepted a Copy Blob into `path`, before the client hears of it. */
+  afterCopy?(path: string): Promise<void>;
 }
 
 export interface BlobFront {
@@ -94,6 +98,21 @@ export async function startBlobFront(azurite: string, hooks: BlobFrontHooks): Pr
         headers: req.headers,
       },
       (ur) => {
+        const isCopy =
+          req.method === 'PUT' &&
+          req.headers['x-ms-copy-source'] !== undefined &&
+          !url.searchParams.has('comp');
+        if (isCopy && ur.statusCode === 202 && hooks.afterCopy) {
+          ur.resume();
+          hooks
+            .afterCopy(blobPath(url))
+            .then(() => {
+              res.writeHead(202, ur.headers);
+              res.end();
+            })
+            .catch((err: unknown) => xmlError(res, 500, 'InternalError', String(err)));
+          return;
+        }
         res.writeHead(ur.statusCode ?? 502, ur.headers);
         ur.on('data', (d: Buffer) => hooks.onBytes?.('out', d.length, url.pathname));
         ur.pipe(res);

@@ -195,6 +195,7 @@ export class ComputeEmulator {
         return undefined;
       },
       diff: (target, previous) => this.diffBlobs(target, previous),
+      afterCopy: (path) => this.dealias(path),
       onBytes: (dir, n) => {
         if (dir === 'out') this.stats.blobBytesOut += n;
         else this.stats.blobBytesIn += n;
@@ -369,6 +370,48 @@ export class ComputeEmulator {
     const a = (this.options.storageAccounts ?? []).find((x) => x.name.toLowerCase() === name.toLowerCase());
     if (!a) throw new ArmError(404, 'StorageAccountNotFound', `storage account '${name}' not found`);
     return a;
+  }
+
+  private keyFor(account: string): string | undefined {
+    for (const r of Object.values(this.options.regions)) if (r.account === account) return r.key;
+    return (this.options.storageAccounts ?? []).find((a) => a.name === account)?.key;
+  }
+
+  /**
+   * Rewrites a freshly copied page blob so that it owns its page list (see blobfront.ts): data into a new
+   * temporary blob, copied back over the destination (which then shares only with the temporary), temporary
+   * deleted. Talks to Azurite directly, so none of this counts as client traffic.
+   */
+  private async dealias(path: string): Promise<void> {
+    const [, account, container, ...rest] = path.split('/');
+    const key = account ? this.keyFor(account) : undefined;
+    if (!account || !container || rest.length === 0 || !key) return;
+    const cc = new BlobServiceClient(
+      `${this.options.azurite}/${account}`,
+      new StorageSharedKeyCredential(account, key),
+    ).getContainerClient(container);
+    const dest = cc.getPageBlobClient(rest.join('/'));
+    const props = await dest.getProperties();
+    if (props.blobType !== 'PageBlob') return;
+    const size = props.contentLength ?? 0;
+    const pr = await dest.getPageRanges(0, size);
+    const ranges = mergeRanges(
+      (pr.pageRange ?? []).map((x) => ({ offset: x.offset, length: (x.count ?? 0) + 1 })),
+    );
+    const tmp = cc.getPageBlobClient(`.dealias-${crypto.randomUUID()}`);
+    await tmp.create(size);
+    try {
+      for (const piece of splitRanges(ranges, 4 << 20))
+        await tmp.uploadPages(
+          await dest.downloadToBuffer(piece.offset, piece.length),
+          piece.offset,
+          piece.length,
+        );
+      const poller = await dest.beginCopyFromURL(tmp.url, { intervalInMs: 20 });
+      await poller.pollUntilDone();
+    } finally {
+      await tmp.deleteIfExists();
+    }
   }
 
   // ---- changed ranges ------------------------------------------------------------------------------------
