@@ -10,8 +10,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { CancelledError, ConflictError } from '../../src/core/index.ts';
-import { LocalPlatform } from '../../src/platforms/index.ts';
+import { AzurePlatform, LocalPlatform } from '../../src/platforms/index.ts';
 import type { Platform, SnapshotRef, VolumeRef } from '../../src/platforms/index.ts';
+import { startAzureCompute } from '../emulators/azure-compute/index.ts';
 import { createLoopFs } from '../harness/loopfs.ts';
 
 interface Env {
@@ -76,6 +77,30 @@ export const cases: Case[] = [
       return localEnv([path.join(dir, 'east'), path.join(dir, 'west')], () =>
         fs.promises.rm(dir, { recursive: true, force: true }),
       );
+    },
+  },
+  {
+    // Azure compute emulator over Azurite, real SDK; volumes are written like a VM would (emulator.writeDisk).
+    // AWS is not here: moto has no EBS data plane to write a volume's blocks or read a snapshot's.
+    name: 'azure (compute emulator + Azurite)',
+    setup: async () => {
+      const sb = await startAzureCompute({ regions: ['eastus', 'westus'] });
+      const p = new AzurePlatform(sb.config);
+      const rg = (region: string) => sb.resourceGroups[region]!;
+      return {
+        platform: p,
+        regions: ['eastus', 'westus'],
+        createBlockVolume: async (region, name, size) => {
+          await sb.emulator.createDisk(rg(region), name, region, size);
+          return (await p.listVolumes(region)).find((v) => v.name === name)!;
+        },
+        write: (v, offset, data) => sb.emulator.writeDisk(rg(v.region), v.name, offset, data),
+        readAll: (x) =>
+          x.kind === 'volume'
+            ? sb.emulator.readDisk(rg(x.ref.region), x.ref.name)
+            : sb.emulator.readSnapshot(x.ref.details!['resourceGroup']!, x.ref.details!['name']!),
+        cleanup: () => sb.stop(),
+      };
     },
   },
 ];
