@@ -7,6 +7,7 @@ import { DEFAULT_LISTEN, DrRuntime, startServer } from '../../server/index.ts';
 import { InputError } from '../../core/index.ts';
 import { defaultDataDir } from '../client.ts';
 import { KubeConfig } from '@kubernetes/client-node';
+import { PolicyReconciler } from '../../engine/kube/policies.ts';
 import { RestoreActionReconciler } from '../../engine/kube/reconciler.ts';
 import { KubeClient } from '../../platforms/kubernetes/index.ts';
 
@@ -34,7 +35,7 @@ export function registerServer(program: Command): void {
     .option('--quiet', 'do not log requests')
     .option(
       '--kubernetes [namespace]',
-      'also run RestoreAction resources found in this namespace (default $POD_NAMESPACE or tern-system), using the in-cluster or default kubeconfig',
+      'also run the Policy and RestoreAction resources found in this namespace (default $POD_NAMESPACE or tern-system), using the in-cluster or default kubeconfig',
     )
     .option('--site <name>', 'name of this site in DR streams (env TERN_SITE, default "site")')
     .option(
@@ -84,6 +85,7 @@ export function registerServer(program: Command): void {
         `dr: site ${dr.site}, ${dr.service ? `import policies checked every ${interval} s` : 'imports off (no import secret)'}`,
       );
       let reconciler: RestoreActionReconciler | undefined;
+      let policies: PolicyReconciler | undefined;
       if (o.kubernetes) {
         const kc = new KubeConfig();
         kc.loadFromDefault();
@@ -91,14 +93,16 @@ export function registerServer(program: Command): void {
           typeof o.kubernetes === 'string' ? o.kubernetes : (process.env.POD_NAMESPACE ?? 'tern-system');
         reconciler = new RestoreActionReconciler({ client: new KubeClient(kc), namespace, log });
         reconciler.start();
+        policies = new PolicyReconciler({ client: new KubeClient(kc), namespace, log });
+        policies.start();
         log(
-          `kubernetes: reconciling RestoreActions in namespace ${namespace} of ${kc.getCurrentCluster()?.server}`,
+          `kubernetes: reconciling Policies and RestoreActions in namespace ${namespace} of ${kc.getCurrentCluster()?.server}`,
         );
       }
       await new Promise<void>((resolve) => {
         const stop = (sig: string): void => {
           log(`${sig}: shutting down`);
-          Promise.resolve(reconciler?.stop())
+          Promise.all([reconciler?.stop(), policies?.stop()])
             .then(() => server.close())
             .then(resolve, (err: unknown) => {
               log(`shutdown error: ${String(err)}`);
