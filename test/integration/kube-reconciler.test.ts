@@ -10,6 +10,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { ManualClock } from '../../src/core/index.ts';
+import { PolicyReconciler } from '../../src/engine/kube/policies.ts';
 import { RestoreActionReconciler, TernTypes } from '../../src/engine/kube/reconciler.ts';
 import { LocalPlatform } from '../../src/platforms/index.ts';
 import {
@@ -240,7 +242,7 @@ describe('RestoreAction reconciler (real kube-apiserver)', { skip }, () => {
         await new Promise((r) => setTimeout(r, 200));
       }
       assert.deepEqual((await client.get(cm, 'app3', 'conf'))['data'], { k: 'v' });
-      assert.match(stderr, /kubernetes: reconciling RestoreActions in namespace tern-system/);
+      assert.match(stderr, /kubernetes: reconciling Policies and RestoreActions in namespace tern-system/);
       assert.match(stderr, /restore action via-server: complete/);
     } finally {
       child.kill('SIGTERM');
@@ -275,5 +277,74 @@ describe('RestoreAction reconciler (real kube-apiserver)', { skip }, () => {
     const b = await st('repo-source');
     assert.equal(b.error.code, 'INPUT');
     assert.match(b.error.message, /datamover Jobs/);
+  });
+
+  test('Policy reconciler: due policies make RestorePoints, retention retires the older one, the newest restores', async () => {
+    await client.create(
+      TernTypes.policy,
+      o('tern.io/v1alpha1', 'Policy', 'app-hourly', 'tern-system', {
+        spec: {
+          app: { namespace: 'app' },
+          frequency: '@hourly',
+          retention: { latest: 1 },
+          export: { mode: 'datamover', locationProfile: 'offsite', repositoryPath: 'repo' },
+        },
+      }),
+    );
+    const clock = new ManualClock(Date.now() + 2 * 3600_000);
+    const logs: string[] = [];
+    const rec = new PolicyReconciler({ client, namespace: 'tern-system', clock, log: (l) => logs.push(l) });
+    const t0 = Date.now();
+    const [first] = await rec.reconcileOnce();
+    console.log(`# policy run (backup + bundle export + restore point) in ${Date.now() - t0} ms`);
+    assert.ok(first, logs.join('\n'));
+    assert.deepEqual(await rec.reconcileOnce(), [], 'not due again within the hour');
+    const pst = (await client.get(TernTypes.policy, 'tern-system', 'app-hourly'))['status'] as {
+      lastRestorePoint: string;
+      lastRunAt: string;
+      nextRunAt: string;
+    };
+    assert.equal(pst.lastRestorePoint, first);
+    assert.ok(Date.parse(pst.nextRunAt) > Date.parse(pst.lastRunAt));
+    const rp1 = await client.get(TernTypes.restorePoint, 'tern-system', first);
+    const tiers = (rp1['status'] as { tiers: { kind: string; snapshots: Record<string, string> }[] }).tiers;
+    assert.deepEqual(
+      tiers.map((t) => t.kind),
+      ['local', 'repository'],
+    );
+    assert.match(tiers[0]!.snapshots['data']!, /^east\//);
+    const content1 = (rp1['spec'] as { volumes: { volumeSnapshotContent: string }[] }).volumes[0]!
+      .volumeSnapshotContent;
+
+    clock.advance(3600_000);
+    const [second] = await rec.reconcileOnce();
+    assert.ok(second && second !== first, logs.join('\n'));
+    assert.equal(
+      await client.find(TernTypes.restorePoint, 'tern-system', first),
+      undefined,
+      'older point retired',
+    );
+    for (let i = 0; await client.find(T.volumeSnapshotContent, undefined, content1); i++) {
+      assert.ok(i < 300, 'retired snapshot content deleted');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+
+    await client.create(
+      TernTypes.restoreAction,
+      o('tern.io/v1alpha1', 'RestoreAction', 'from-policy', 'tern-system', {
+        spec: { restorePoint: second, targetNamespace: 'app4' },
+      }),
+    );
+    assert.equal(await new RestoreActionReconciler({ client, namespace: 'tern-system' }).reconcileOnce(), 1);
+    const st = (await client.get(TernTypes.restoreAction, 'tern-system', 'from-policy'))['status'] as {
+      state: string;
+      error?: { message: string };
+    };
+    assert.equal(st.state, 'Complete', st.error?.message);
+    const pvc = await client.get(T.pvc, 'app4', 'data');
+    const pv = await client.get(T.pv, undefined, (pvc['spec'] as { volumeName: string }).volumeName);
+    const handle = (pv['spec'] as { csi: { volumeHandle: string } }).csi.volumeHandle;
+    const vol = (await platform.listVolumes('east')).find((v) => v.id === handle)!;
+    assert.ok(fs.readFileSync(platform.volumeDataPath(vol)).equals(payload));
   });
 });

@@ -138,7 +138,7 @@ export class RestoreActionReconciler {
         );
       const transforms = parseTransforms(spec.transforms ?? []);
       const { repo, backupId } = await phase('open-repository', () =>
-        this.openRepository(spec.restorePoint ?? ''),
+        openRestorePointRepository(this.o.client, this.o.namespace, spec.restorePoint ?? ''),
       );
       let result;
       try {
@@ -179,56 +179,68 @@ export class RestoreActionReconciler {
       this.o.log?.(`restore action ${action.metadata.name}: failed: ${describeError(err)}`);
     }
   }
+}
 
-  /** The repository tier of a RestorePoint, opened with its location Profile and the Profile's Secret. */
-  private async openRepository(name: string): Promise<{ repo: Repository; backupId: string }> {
-    const { client, namespace } = this.o;
-    const rp = await client.find(TernTypes.restorePoint, namespace, name);
-    if (!rp) throw new NotFoundError(`RestorePoint "${name}" not found in namespace "${namespace}"`);
-    const backupId = (rp['spec'] as { backupId?: string }).backupId;
-    if (!backupId) throw new InputError(`RestorePoint "${name}" has no backupId`);
-    const tiers = ((rp['status'] as { tiers?: unknown[] } | undefined)?.tiers ?? []) as {
-      kind: string;
-      locationProfile?: string;
-      repositoryPath?: string;
-    }[];
-    const tier = tiers.find((t) => t.kind === 'repository' && t.locationProfile);
-    if (!tier) throw new NotFoundError(`RestorePoint "${name}" has no repository tier`);
-    const profile = await client.find(TernTypes.profile, namespace, tier.locationProfile!);
-    if (!profile) throw new NotFoundError(`location Profile "${tier.locationProfile}" not found`);
-    const pspec = profile['spec'] as {
-      url?: string;
-      settings?: Record<string, string>;
-      secretRef?: { name: string };
-    };
-    if (!pspec.url) throw new InputError(`Profile "${tier.locationProfile}" has no url`);
-    const secrets: Record<string, string> = {};
-    if (pspec.secretRef) {
-      const s = await client.find(TernTypes.secret, namespace, pspec.secretRef.name);
-      if (!s)
-        throw new NotFoundError(
-          `Secret "${pspec.secretRef.name}" of Profile "${tier.locationProfile}" not found`,
-        );
-      for (const [k, v] of Object.entries((s['data'] ?? {}) as Record<string, string>))
-        secrets[k] = Buffer.from(v, 'base64').toString('utf8');
-    }
-    const passphrase = secrets['passphrase'];
-    if (!passphrase)
-      throw new InputError(`Secret of Profile "${tier.locationProfile}" has no "passphrase" key`);
-    const settings = pspec.settings ?? {};
-    const opts: StoreOptions = {
-      s3Endpoint: settings['s3Endpoint'],
-      s3Region: settings['s3Region'],
-      azureEndpoint: settings['azureEndpoint'],
-      azureKey: secrets['azureKey'],
-      // Upper-case secret keys are credentials in environment form (AWS_ACCESS_KEY_ID, ...).
-      env: {
-        ...process.env,
-        ...Object.fromEntries(Object.entries(secrets).filter(([k]) => /^[A-Z][A-Z0-9_]*$/.test(k))),
-      },
-    };
-    const base = pspec.url.replace(/\/+$/, '');
-    const store = await openStore(tier.repositoryPath ? `${base}/${tier.repositoryPath}` : base, opts);
-    return { repo: await Repository.open(store, passphrase), backupId };
+/** The repository tier of a RestorePoint, opened through its location Profile. */
+export async function openRestorePointRepository(
+  client: KubeClient,
+  namespace: string,
+  name: string,
+): Promise<{ repo: Repository; backupId: string }> {
+  const rp = await client.find(TernTypes.restorePoint, namespace, name);
+  if (!rp) throw new NotFoundError(`RestorePoint "${name}" not found in namespace "${namespace}"`);
+  const backupId = (rp['spec'] as { backupId?: string }).backupId;
+  if (!backupId) throw new InputError(`RestorePoint "${name}" has no backupId`);
+  const tiers = ((rp['status'] as { tiers?: unknown[] } | undefined)?.tiers ?? []) as {
+    kind: string;
+    locationProfile?: string;
+    repositoryPath?: string;
+  }[];
+  const tier = tiers.find((t) => t.kind === 'repository' && t.locationProfile);
+  if (!tier) throw new NotFoundError(`RestorePoint "${name}" has no repository tier`);
+  return {
+    repo: await openProfileRepository(client, namespace, tier.locationProfile!, tier.repositoryPath),
+    backupId,
+  };
+}
+
+/** A repository at a location Profile (+ path), with the passphrase and credentials from the Profile's Secret. */
+export async function openProfileRepository(
+  client: KubeClient,
+  namespace: string,
+  profileName: string,
+  repositoryPath?: string,
+): Promise<Repository> {
+  const profile = await client.find(TernTypes.profile, namespace, profileName);
+  if (!profile) throw new NotFoundError(`location Profile "${profileName}" not found`);
+  const pspec = profile['spec'] as {
+    url?: string;
+    settings?: Record<string, string>;
+    secretRef?: { name: string };
+  };
+  if (!pspec.url) throw new InputError(`Profile "${profileName}" has no url`);
+  const secrets: Record<string, string> = {};
+  if (pspec.secretRef) {
+    const s = await client.find(TernTypes.secret, namespace, pspec.secretRef.name);
+    if (!s) throw new NotFoundError(`Secret "${pspec.secretRef.name}" of Profile "${profileName}" not found`);
+    for (const [k, v] of Object.entries((s['data'] ?? {}) as Record<string, string>))
+      secrets[k] = Buffer.from(v, 'base64').toString('utf8');
   }
+  const passphrase = secrets['passphrase'];
+  if (!passphrase) throw new InputError(`Secret of Profile "${profileName}" has no "passphrase" key`);
+  const settings = pspec.settings ?? {};
+  const opts: StoreOptions = {
+    s3Endpoint: settings['s3Endpoint'],
+    s3Region: settings['s3Region'],
+    azureEndpoint: settings['azureEndpoint'],
+    azureKey: secrets['azureKey'],
+    // Upper-case secret keys are credentials in environment form (AWS_ACCESS_KEY_ID, ...).
+    env: {
+      ...process.env,
+      ...Object.fromEntries(Object.entries(secrets).filter(([k]) => /^[A-Z][A-Z0-9_]*$/.test(k))),
+    },
+  };
+  const base = pspec.url.replace(/\/+$/, '');
+  const store = await openStore(repositoryPath ? `${base}/${repositoryPath}` : base, opts);
+  return Repository.open(store, passphrase);
 }

@@ -30,10 +30,14 @@ export interface ExportResult {
 export const BUNDLE_TAG = 'tern-kube-bundle';
 export const tagFor = (backupId: string) => `tern-kube:${backupId}`;
 
+/**
+ * Without `data`, only the bundle is exported (manifests + snapshot records): the volumes then stay in their
+ * CSI snapshots, which is what a controller without datamover Jobs can do.
+ */
 export async function exportBackup(
   repo: Repository,
   bundle: Bundle,
-  data: SnapshotDataAccess,
+  data: SnapshotDataAccess | undefined,
   opts: RunOptions = {},
 ): Promise<ExportResult> {
   const session = await repo.startBackup();
@@ -41,9 +45,9 @@ export async function exportBackup(
   const out: ExportResult = { backupId: bundle.id, bundleSnapshot: '', volumes: [] };
   const tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'tern-kube-bundle-'));
   try {
-    for (const v of bundle.volumes) {
+    for (const v of data ? bundle.volumes : []) {
       throwIfAborted(opts.signal);
-      const src = await data.open(v, opts);
+      const src = await data!.open(v, opts);
       const started = Date.now();
       try {
         const st = await fsp.stat(src.path);
