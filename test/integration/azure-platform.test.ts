@@ -8,7 +8,13 @@ import crypto from 'node:crypto';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { BlobServiceClient, StorageSharedKeyCredential } from '@azure/storage-blob';
-import { CancelledError, ConflictError, ForbiddenError, InputError } from '../../src/core/index.ts';
+import {
+  CancelledError,
+  ConflictError,
+  ForbiddenError,
+  InputError,
+  describeError,
+} from '../../src/core/index.ts';
 import {
   AzurePlatform,
   VHD_CONTAINER,
@@ -19,6 +25,7 @@ import {
 import { openPlatform } from '../../src/platforms/index.ts';
 import type { SnapshotRef, VolumeRef } from '../../src/platforms/index.ts';
 import type { AzureSandbox } from '../../src/platforms/azure/sandbox.ts';
+import { startAzureSandbox } from '../../src/platforms/azure/sandbox.ts';
 import { startAzureCompute } from '../emulators/azure-compute/index.ts';
 
 const EAST = 'eastus';
@@ -219,6 +226,8 @@ describe('Azure platform (compute emulator + Azurite, real SDK)', () => {
       assert.match(err.message, /Disk Snapshot Contributor/);
       assert.ok(err.message.includes(scope), err.message);
       assert.equal(progressed, false, 'refused before any byte moved');
+      const text = describeError(err);
+      assert.ok(!text.includes(sb.clientSecret) && !text.includes('sig='), 'no secret or SAS in the error');
       assert.deepEqual(await vhds(), []);
       assert.equal(sb.emulator.activeGrants(), 0);
       await p.deleteSnapshot(s);
@@ -366,4 +375,23 @@ describe('Azure platform (compute emulator + Azurite, real SDK)', () => {
     assert.equal(cfg.targets[WEST]?.storageAccount, 'drvhd');
     assert.throws(() => azureConfigFromProfiles({ settings: { tenant: 't' }, secrets: {} }), InputError);
   });
+});
+
+test('startAzureSandbox (for the demo) starts its own Azurite and serves the real SDK', async () => {
+  const sb = await startAzureSandbox({ regions: ['northeurope', 'westeurope'] });
+  try {
+    const p = new AzurePlatform(sb.config);
+    const rg = sb.resourceGroups['northeurope']!;
+    await sb.emulator.createDisk(rg, 'vol', 'northeurope', 1 << 20);
+    await sb.emulator.writeDisk(rg, 'vol', 1000, Buffer.from('hello'));
+    const [v] = await p.listVolumes('northeurope');
+    const s = await p.snapshot(v!);
+    const c = await p.copySnapshot(s, 'westeurope');
+    const rd = await p.openSnapshot(c.snapshot);
+    assert.equal((await rd.read(1000, 5)).toString(), 'hello');
+    await rd.close();
+    assert.equal((await p.validateTarget('westeurope')).location, 'westeurope');
+  } finally {
+    await sb.stop();
+  }
 });
