@@ -72,7 +72,7 @@ export async function startTernServer(
   child.stdout.on('data', (d: Buffer) => (log += d.toString()));
   child.stderr.on('data', (d: Buffer) => (log += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const deadline = Date.now() + (opts.timeoutMs ?? 60_000);
+  const deadline = Date.now() + (opts.timeoutMs ?? 120_000);
   let url = '';
   while (!url) {
     if (child.exitCode !== null) throw new Error(`tern server exited with ${child.exitCode}:\n${log}`);
