@@ -270,6 +270,18 @@ describe('Azure platform (compute emulator + Azurite, real SDK)', () => {
     await p.deleteSnapshot(c.snapshot);
   });
 
+  test('a base snapshot of another disk makes the copy a full one, still correct', async () => {
+    assert.ok(smallCopy);
+    const other = await p.snapshot(vol);
+    const s = await p.snapshot(small);
+    const c = await p.copySnapshot(s, WEST, { previousCopy: smallCopy.snap, baseSnapshot: other });
+    assert.equal(c.incremental, false);
+    assert.equal(c.bytesTransferred, SMALL);
+    assert.ok((await readViaSas(c.snapshot)).equals(await sb.emulator.readDisk(east, 'small')));
+    await p.deleteSnapshot(c.snapshot);
+    await p.deleteSnapshot(other);
+  });
+
   test('a copy killed in the middle is cleaned up by the retry', async () => {
     const s = await p.snapshot(small);
     sb.emulator.setLroDelay(3000);

@@ -30,9 +30,10 @@ import {
   TernError,
   UnavailableError,
   parseInput,
+  systemClock,
   throwIfAborted,
 } from '../../core/index.ts';
-import type { RunOptions } from '../../core/index.ts';
+import type { Clock, RunOptions } from '../../core/index.ts';
 import type { CopyResult, Platform, PlatformInfo, SnapshotRef, VolumeRef } from '../types.ts';
 
 export const AwsPlatformConfigSchema = z.object({
@@ -102,8 +103,11 @@ export class AwsPlatform implements Platform {
   readonly config: ParsedAwsConfig;
   private readonly clients = new Map<string, EC2Client>();
 
-  constructor(config: ParsedAwsConfig | Record<string, unknown>) {
+  private readonly clock: Clock;
+
+  constructor(config: ParsedAwsConfig | Record<string, unknown>, deps: { clock?: Clock } = {}) {
     this.config = parseAwsConfig(config as Record<string, unknown>);
+    this.clock = deps.clock ?? systemClock;
   }
 
   private region(name: string): string {
@@ -185,17 +189,11 @@ export class AwsPlatform implements Platform {
   }
 
   private async sleep(signal?: AbortSignal): Promise<void> {
-    await new Promise<void>((resolve, reject) => {
-      const t = setTimeout(resolve, this.config.pollIntervalMs ?? 5000);
-      signal?.addEventListener(
-        'abort',
-        () => {
-          clearTimeout(t);
-          reject(new CancelledError('operation cancelled', { cause: signal.reason }));
-        },
-        { once: true },
-      );
-    });
+    try {
+      await this.clock.sleep(this.config.pollIntervalMs ?? 5000, signal);
+    } catch (err) {
+      throw new CancelledError('operation cancelled', { cause: err });
+    }
   }
 
   async info(_opts?: RunOptions): Promise<PlatformInfo> {
@@ -328,7 +326,7 @@ export class AwsPlatform implements Platform {
                   ...opts.tags,
                   [TAG_VOLUME]: volume.name,
                   [TAG_VOLUME_ID]: volume.id,
-                  [TAG_CREATED]: new Date().toISOString(),
+                  [TAG_CREATED]: this.clock.now().toISOString(),
                 }),
               },
             ],
@@ -402,7 +400,7 @@ export class AwsPlatform implements Platform {
     const tags: Record<string, string> = {
       ...tagsOf(s.Tags),
       [TAG_SOURCE]: snapshot.id,
-      [TAG_CREATED]: new Date().toISOString(),
+      [TAG_CREATED]: this.clock.now().toISOString(),
     };
     if (opts.previousCopy) tags[TAG_PARENT] = opts.previousCopy.id;
     const kms = this.config.kmsKeyIds[toRegion];

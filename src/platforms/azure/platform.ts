@@ -30,9 +30,10 @@ import {
   StorageError,
   TernError,
   UnavailableError,
+  systemClock,
   throwIfAborted,
 } from '../../core/index.ts';
-import type { Progress, RunOptions } from '../../core/index.ts';
+import type { Clock, Progress, RunOptions } from '../../core/index.ts';
 import type {
   ByteRangeList,
   CopyResult,
@@ -131,8 +132,8 @@ function safeName(s: string, max = 80): string {
   return `${clean.slice(0, max - 11)}-${h}`;
 }
 
-function stamp(): string {
-  return `${new Date()
+function stamp(now: Date): string {
+  return `${now
     .toISOString()
     .replace(/[-:.TZ]/g, '')
     .slice(0, 17)}${crypto.randomBytes(2).toString('hex')}`;
@@ -180,8 +181,11 @@ export class AzurePlatform implements Platform {
   readonly client: ComputeManagementClient;
   private readonly credential: ClientSecretTokenCredential;
 
-  constructor(config: ParsedAzureConfig | Record<string, unknown>) {
+  private readonly clock: Clock;
+
+  constructor(config: ParsedAzureConfig | Record<string, unknown>, deps: { clock?: Clock } = {}) {
     this.config = parseAzureConfig(config as Record<string, unknown>);
+    this.clock = deps.clock ?? systemClock;
     const c = createComputeClient(this.config);
     this.client = c.client;
     this.credential = c.credential;
@@ -410,7 +414,7 @@ export class AzurePlatform implements Platform {
     opts: RunOptions & { tags?: Record<string, string> } = {},
   ): Promise<SnapshotRef> {
     const rg = this.resourceGroup(volume.region);
-    const name = safeName(`${volume.name}-${stamp()}`);
+    const name = safeName(`${volume.name}-${stamp(this.clock.now())}`);
     const s = await this.arm(
       `snapshot disk ${volume.name}`,
       rg,
@@ -647,13 +651,22 @@ export class AzurePlatform implements Platform {
       await srcAccess.grant(signal);
       let moved: number;
       let incremental = false;
+      let d: { changed: Range[]; cleared: Range[] } | undefined;
       if (prev && base) {
         const baseAccess = new Access(this, base.rg, base.name);
-        const prevAccess = new Access(this, prev.rg, prev.name);
-        extra.push(baseAccess, prevAccess);
+        extra.push(baseAccess);
         await baseAccess.grant(signal);
-        const d = await this.diff(srcAccess, baseAccess, size, signal);
+        try {
+          d = await this.diff(srcAccess, baseAccess, size, signal);
+        } catch (err) {
+          // Not an earlier snapshot of the same disk (disk re-created, base restored elsewhere): copy in full.
+          if (isAbort(err, signal) || statusOf(err) === 403) throw err;
+        }
         await baseAccess.revoke();
+      }
+      if (prev && d) {
+        const prevAccess = new Access(this, prev.rg, prev.name);
+        extra.push(prevAccess);
         const toMove = totalBytes(d.changed);
         progress({ phase: 'clone', bytesRead: 0, bytesTotal: toMove, bytesTransferred: 0 });
         // Inside the DR region: the previous copy becomes the starting VHD (server-side, no cross-region bytes).
@@ -740,7 +753,7 @@ export class AzurePlatform implements Platform {
         ['Creating', 'Updating', 'Pending', 'Deleting'].includes(s.provisioningState ?? '') &&
         Date.now() < deadline
       ) {
-        await new Promise((r) => setTimeout(r, this.config.pollIntervalMs ?? 2000));
+        await this.clock.sleep(this.config.pollIntervalMs ?? 2000);
         continue;
       }
       break;
