@@ -98,7 +98,11 @@ export class CryptoPool {
 
   constructor(key: MasterKey, size = Math.max(1, Math.min(4, os.availableParallelism()))) {
     for (let i = 0; i < size; i++) {
-      const worker = new Worker(new URL('./worker.ts', import.meta.url));
+      const worker = new Worker(new URL('./worker.ts', import.meta.url), {
+        // A small young generation: the workers' short-lived output buffers are freed by frequent cheap
+        // scavenges instead of piling up as external memory until a full GC (~100 MiB less peak RSS).
+        resourceLimits: { maxYoungGenerationSizeMb: 4 },
+      });
       const slot: Slot = { worker, busy: 0 };
       worker.unref();
       worker.on('message', (res: WorkerResponse) => {

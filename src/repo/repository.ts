@@ -64,7 +64,7 @@ const WORKER_BYTES_IN_FLIGHT = 24 * 1024 * 1024;
 /** Pack buffer: a full pack plus its largest usual last blob (image chunks are 1 MiB) and header. */
 const PACK_BUF = TARGET_PACK + 4 * 1024 * 1024;
 /** Blob read buffers kept for reuse (allocBlobBuffer). */
-const FREE_BLOB_BYTES = 64 * 1024 * 1024;
+const FREE_BLOB_BYTES = 32 * 1024 * 1024;
 /** Blobs up to SMALL_BLOB bytes go to the workers in batches of up to BATCH_BLOBS / BATCH_BYTES. */
 const SMALL_BLOB = 64 * 1024;
 const BATCH_BLOBS = 64;
@@ -74,7 +74,7 @@ const BATCH_BUF = BATCH_BYTES + SMALL_BLOB + 28 * BATCH_BLOBS + 28;
 /** loadMany: largest ranged read, largest gap read through, reads in flight. */
 const RUN_BYTES = 4 * 1024 * 1024;
 const RUN_GAP = 256 * 1024;
-const RUNS_IN_FLIGHT = 4;
+const RUNS_IN_FLIGHT = 3;
 /** Size of the recycled read and plaintext buffers of loadMany: a run plus its last blob. */
 const RUN_BUF = RUN_BYTES + 2 * 1024 * 1024;
 
@@ -282,7 +282,14 @@ export class Repository implements BlobReader {
       items.push({ id, e });
     }
     items.sort((a, b) => a.e.pack - b.e.pack || a.e.offset - b.e.offset);
-    const runs: { pack: number; start: number; end: number; blobs: { id: BlobId; e: BlobEntry }[] }[] = [];
+    // A run is capped in sealed and in plaintext bytes (compressed blobs expand), so both fit RUN_BUF buffers.
+    const runs: {
+      pack: number;
+      start: number;
+      end: number;
+      raw: number;
+      blobs: { id: BlobId; e: BlobEntry }[];
+    }[] = [];
     for (const it of items) {
       const last = runs[runs.length - 1];
       if (
@@ -290,11 +297,20 @@ export class Repository implements BlobReader {
         last.pack === it.e.pack &&
         it.e.offset >= last.end &&
         it.e.offset - last.end <= RUN_GAP &&
-        it.e.offset + it.e.length - last.start <= RUN_BYTES
+        it.e.offset + it.e.length - last.start <= RUN_BYTES &&
+        last.raw + it.e.rawLength <= RUN_BYTES
       ) {
         last.blobs.push(it);
         last.end = it.e.offset + it.e.length;
-      } else runs.push({ pack: it.e.pack, start: it.e.offset, end: it.e.offset + it.e.length, blobs: [it] });
+        last.raw += it.e.rawLength;
+      } else
+        runs.push({
+          pack: it.e.pack,
+          start: it.e.offset,
+          end: it.e.offset + it.e.length,
+          raw: it.e.rawLength,
+          blobs: [it],
+        });
     }
     // Read and plaintext buffers of RUN_BUF bytes go round (main → worker → main) instead of being garbage.
     const freeRead: ArrayBuffer[] = [];
@@ -546,6 +562,7 @@ export class BackupSession implements BlobWriter {
   private readonly uploads = new Set<Promise<void>>();
   private durable: IndexPack[] = [];
   private indexChain: Promise<void> = Promise.resolve();
+  private indexesPending = 0;
   private failure: unknown;
   private workerBytes = 0;
   private waiters: (() => void)[] = [];
@@ -592,7 +609,11 @@ export class BackupSession implements BlobWriter {
     if (plaintext.length > MAX_BLOB)
       throw new InputError(`blob of ${plaintext.length} bytes is larger than ${MAX_BLOB}`);
     await this.waitFor(
-      () => this.workerBytes < WORKER_BYTES_IN_FLIGHT && this.uploads.size <= UPLOADS_IN_FLIGHT,
+      // Index writes must keep up too: packs without an index are lost if the process dies.
+      () =>
+        this.workerBytes < WORKER_BYTES_IN_FLIGHT &&
+        this.uploads.size <= UPLOADS_IN_FLIGHT &&
+        this.indexesPending <= 1,
       opts.signal,
     );
     const len = plaintext.length;
@@ -791,8 +812,7 @@ export class BackupSession implements BlobWriter {
         this.failure ??= err;
       })
       .finally(() => {
-        if (pack.buf.length === PACK_BUF && this.packBufs.length < UPLOADS_IN_FLIGHT + 2)
-          this.packBufs.push(pack.buf);
+        if (pack.buf.length === PACK_BUF && this.packBufs.length < 2) this.packBufs.push(pack.buf);
         this.uploads.delete(up);
         this.wake();
       });
@@ -803,6 +823,7 @@ export class BackupSession implements BlobWriter {
     const packs = this.durable;
     this.durable = [];
     if (packs.length === 0) return;
+    this.indexesPending++;
     this.indexChain = this.indexChain
       .then(async () => {
         if (this.failure) return;
@@ -810,6 +831,10 @@ export class BackupSession implements BlobWriter {
       })
       .catch((err: unknown) => {
         this.failure ??= err;
+      })
+      .finally(() => {
+        this.indexesPending--;
+        this.wake();
       });
   }
 

@@ -66,7 +66,7 @@ function flip(file: string, at: number): void {
   fs.closeSync(fd);
 }
 
-test('kill -9 during backup: no snapshot, verify passes, next backup reuses uploaded packs', async () => {
+test('kill -9 during backup: no incomplete snapshot, verify passes, next backup reuses uploaded packs', async () => {
   for (const seed of [1, 2, 3, 4, 5]) {
     const { dir, repo, img } = setup(120);
     try {
@@ -75,15 +75,22 @@ test('kill -9 during backup: no snapshot, verify passes, next backup reuses uplo
         stdio: 'ignore',
       });
       const exited = new Promise((r) => child.once('exit', r));
-      // A seeded moment 0–250 ms after the first pack appears (the rest of the backup takes ~0.4 s unloaded).
+      // A seeded moment 0–150 ms after the first pack appears (the rest of the backup takes ~0.4 s unloaded).
       const start = Date.now();
       while (objects(repo, 'data').length === 0 && child.exitCode === null && Date.now() - start < 60_000)
         await new Promise((r) => setTimeout(r, 5));
-      await new Promise((r) => setTimeout(r, (seed * 7919) % 250));
+      await new Promise((r) => setTimeout(r, (seed * 7919) % 150));
       const killed = child.exitCode === null && child.kill('SIGKILL');
       await exited;
-      if (killed)
-        assert.deepEqual(objects(repo, 'snapshots'), [], `seed ${seed}: a killed backup left a snapshot`);
+      // The manifest is written last: a kill may land after it (the backup is then complete), never
+      // leave a snapshot whose data is missing.
+      if (killed && objects(repo, 'snapshots').length > 0) {
+        ok(['restore', 'latest', path.join(dir, 'early'), '--repo', repo]);
+        assert.ok(
+          fs.readFileSync(path.join(dir, 'early')).equals(fs.readFileSync(img)),
+          `seed ${seed}: a killed backup left an incomplete snapshot`,
+        );
+      }
       const v = tern(['verify', '--read-data', '--repo', repo]);
       assert.equal(v.code, 0, `seed ${seed}: verify after kill: ${v.stderr}`);
       const before = dirBytes(path.join(repo, 'data'));
@@ -92,9 +99,11 @@ test('kill -9 during backup: no snapshot, verify passes, next backup reuses uplo
       };
       const total = 120 * 1024 * 1024;
       assert.ok(out.summary.bytesAdded + before >= total, 'all data present');
-      // Sealing adds 28 bytes per 1 MiB chunk, the image map a few KiB: allow 64 KiB over the data.
+      // Packs are indexed every 2 and index writes are awaited before more data is taken, so at most ~4 packs
+      // (64 MiB) that had reached the store are unknown to the next backup. Sealing adds 28 bytes per 1 MiB
+      // chunk and the image map a few KiB: allow 64 KiB over the data.
       assert.ok(
-        out.summary.bytesAdded <= total + 64 * 1024 - Math.max(0, before - 40 * 1024 * 1024),
+        out.summary.bytesAdded <= total + 64 * 1024 - Math.max(0, before - 64 * 1024 * 1024),
         `seed ${seed}: ${before} bytes were uploaded before the kill, but the next backup added ${out.summary.bytesAdded}`,
       );
       ok(['restore', 'latest', path.join(dir, 'out'), '--repo', repo]);
@@ -204,7 +213,10 @@ test('concurrent backup and prune never lose data', async () => {
       stdio: 'ignore',
     });
     const exited = new Promise<number>((r) => child.once('exit', (c) => r(c ?? -1)));
-    // prune while the backup runs: it must wait for / be refused by the backup's lock
+    // prune while the backup runs (once it holds its lock): it must be refused by the backup's lock
+    const start = Date.now();
+    while (objects(repo, 'locks').length === 0 && child.exitCode === null && Date.now() - start < 60_000)
+      await new Promise((r) => setTimeout(r, 5));
     let refused = 0;
     for (let i = 0; i < 20; i++) {
       await new Promise((r) => setTimeout(r, 100));

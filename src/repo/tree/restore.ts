@@ -67,11 +67,12 @@ function tempName(): string {
 }
 
 /**
- * Single-chunk files are queued across directories and restored in batches of up to QUEUE_FILES, their blobs
+ * Single-chunk files are queued across directories and restored in batches of QUEUE_FILES, their blobs
  * loaded in pack order (BlobReader.loadMany): the backup interleaves directories, so per directory the blobs
- * are scattered over the packs, but a batch reads each pack region once.
+ * are scattered over the packs, but a batch reads each pack region once. The walk waits while more than two
+ * batches are pending, so a huge tree is not held in memory at once.
  */
-const QUEUE_FILES = 65536;
+const QUEUE_FILES = 16384;
 
 function timesOf(node: TreeNode): number {
   // Node's utimes takes seconds as a double and libuv truncates them to whole microseconds. A double near
@@ -93,6 +94,8 @@ class TreeRestore {
   /** Small files waiting to be restored in storage order, and the chain of restores of such batches. */
   private smallQueue: { node: TreeNode; abs: string }[] = [];
   private smallChain: Promise<void> = Promise.resolve();
+  /** Files queued or in a batch being restored. */
+  private smallPending = 0;
   /** Directories whose metadata is applied at the end, children first. */
   private readonly dirMeta: { node: TreeNode; abs: string }[] = [];
   private readonly hardLinks = new Map<string, Promise<string>>();
@@ -244,6 +247,7 @@ class TreeRestore {
     }
     if (small.length > 0) {
       for (const f of small) this.smallQueue.push(f);
+      this.smallPending += small.length;
       if (this.smallQueue.length >= QUEUE_FILES) tasks.push(this.flushSmall());
     }
     await this.settle(tasks);
@@ -257,9 +261,10 @@ class TreeRestore {
   private flushSmall(): Promise<void> {
     const files = this.smallQueue;
     this.smallQueue = [];
-    this.smallChain = this.smallChain.then(() =>
-      files.length > 0 ? this.restoreSmallGroup(files) : undefined,
-    );
+    this.smallChain = this.smallChain.then(async () => {
+      if (files.length > 0) await this.restoreSmallGroup(files);
+      this.smallPending -= files.length;
+    });
     return this.smallChain;
   }
 
@@ -271,6 +276,10 @@ class TreeRestore {
       }
     } catch (err) {
       throw fsError(err, `creating directory ${abs}`);
+    }
+    while (this.smallPending >= 2 * QUEUE_FILES) {
+      if (this.smallQueue.length >= QUEUE_FILES) void this.flushSmall().catch(() => undefined);
+      await this.smallChain;
     }
     const sub = await this.loadTree(node.subtree ?? '');
     await this.restoreDir(sub, abs, rel, sel, node);
