@@ -245,7 +245,10 @@ describe('deploy: Tern CRDs, manifests and Helm chart (real kube-apiserver)', { 
     assert.equal(await can('delete', '', 'secrets', 'shop'), false);
     assert.equal(await can('patch', 'apps', 'deployments', 'shop'), false);
     assert.equal(await can('escalate', 'rbac.authorization.k8s.io', 'clusterroles'), false);
-    assert.equal(await can('update', 'coordination.k8s.io', 'leases', 'tern-system'), true);
+    // Leader election: get/create/update the Lease in Tern's namespace, nothing more.
+    for (const verb of ['get', 'create', 'update'])
+      assert.equal(await can(verb, 'coordination.k8s.io', 'leases', 'tern-system'), true, verb);
+    assert.equal(await can('delete', 'coordination.k8s.io', 'leases', 'tern-system'), false);
     assert.equal(await can('delete', 'coordination.k8s.io', 'leases', 'kube-system'), false);
   });
 

@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ManualClock } from '../../src/core/index.ts';
+import { LeaseType } from '../../src/engine/kube/leader.ts';
 import { PolicyReconciler } from '../../src/engine/kube/policies.ts';
 import { RestoreActionReconciler, TernTypes } from '../../src/engine/kube/reconciler.ts';
 import { LocalPlatform } from '../../src/platforms/index.ts';
@@ -244,10 +245,15 @@ describe('RestoreAction reconciler (real kube-apiserver)', { skip }, () => {
       assert.deepEqual((await client.get(cm, 'app3', 'conf'))['data'], { k: 'v' });
       assert.match(stderr, /kubernetes: reconciling Policies and RestoreActions in namespace tern-system/);
       assert.match(stderr, /restore action via-server: complete/);
+      assert.match(stderr, /leader election: \S+ leads \(lease tern-system\/tern-reconciler\)/);
     } finally {
       child.kill('SIGTERM');
     }
     assert.equal(await exited, 0, stderr);
+    // SIGTERM released the leader Lease: another replica may lead at once.
+    const lease = await client.get(LeaseType, 'tern-system', 'tern-reconciler');
+    assert.equal((lease['spec'] as { holderIdentity?: string }).holderIdentity, '', stderr);
+    assert.match(stderr, /released lease tern-system\/tern-reconciler/);
   });
 
   test('failures are reported in status with a machine-readable code', async () => {

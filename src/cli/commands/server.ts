@@ -7,6 +7,7 @@ import { DEFAULT_LISTEN, DrRuntime, startServer } from '../../server/index.ts';
 import { InputError } from '../../core/index.ts';
 import { defaultDataDir } from '../client.ts';
 import { KubeConfig } from '@kubernetes/client-node';
+import { leaderGated, type LeaderElector } from '../../engine/kube/leader.ts';
 import { PolicyReconciler } from '../../engine/kube/policies.ts';
 import { RestoreActionReconciler } from '../../engine/kube/reconciler.ts';
 import { KubeClient } from '../../platforms/kubernetes/index.ts';
@@ -20,6 +21,8 @@ interface ServerFlags {
   site?: string;
   importSecretFile?: string;
   drInterval?: string;
+  leaderElection?: boolean;
+  leaseDuration?: string;
 }
 
 export function registerServer(program: Command): void {
@@ -36,6 +39,14 @@ export function registerServer(program: Command): void {
     .option(
       '--kubernetes [namespace]',
       'also run the Policy and RestoreAction resources found in this namespace (default $POD_NAMESPACE or tern-system), using the in-cluster or default kubeconfig',
+    )
+    .option(
+      '--no-leader-election',
+      'with --kubernetes: reconcile without holding the tern-reconciler Lease (only for a single replica)',
+    )
+    .option(
+      '--lease-duration <seconds>',
+      'with --kubernetes: leader Lease duration; a successor takes over this long after the leader stops renewing (env TERN_LEASE_DURATION, default 15)',
     )
     .option('--site <name>', 'name of this site in DR streams (env TERN_SITE, default "site")')
     .option(
@@ -86,15 +97,34 @@ export function registerServer(program: Command): void {
       );
       let reconciler: RestoreActionReconciler | undefined;
       let policies: PolicyReconciler | undefined;
+      let elector: LeaderElector | undefined;
       if (o.kubernetes) {
         const kc = new KubeConfig();
         kc.loadFromDefault();
         const namespace =
           typeof o.kubernetes === 'string' ? o.kubernetes : (process.env.POD_NAMESPACE ?? 'tern-system');
         reconciler = new RestoreActionReconciler({ client: new KubeClient(kc), namespace, log });
-        reconciler.start();
         policies = new PolicyReconciler({ client: new KubeClient(kc), namespace, log });
-        policies.start();
+        if (o.leaderElection === false) {
+          reconciler.start();
+          policies.start();
+        } else {
+          const leaseS = Number(o.leaseDuration ?? process.env.TERN_LEASE_DURATION ?? 15);
+          if (!Number.isFinite(leaseS) || leaseS < 1)
+            throw new InputError(`--lease-duration must be at least 1 second, got "${o.leaseDuration}"`);
+          elector = leaderGated(
+            {
+              client: new KubeClient(kc, { timeoutMs: Math.max(1000, (leaseS * 1000) / 3) }),
+              namespace,
+              leaseDurationMs: leaseS * 1000,
+              retryPeriodMs: Math.max(200, (leaseS * 1000) / 7),
+              log,
+            },
+            [reconciler, policies],
+          );
+          elector.start();
+          log(`kubernetes: leader election as ${elector.identity} (lease ${namespace}/${elector.name})`);
+        }
         log(
           `kubernetes: reconciling Policies and RestoreActions in namespace ${namespace} of ${kc.getCurrentCluster()?.server}`,
         );
@@ -102,7 +132,7 @@ export function registerServer(program: Command): void {
       await new Promise<void>((resolve) => {
         const stop = (sig: string): void => {
           log(`${sig}: shutting down`);
-          Promise.all([reconciler?.stop(), policies?.stop()])
+          (elector ? elector.stop() : Promise.all([reconciler?.stop(), policies?.stop()]))
             .then(() => server.close())
             .then(resolve, (err: unknown) => {
               log(`shutdown error: ${String(err)}`);
