@@ -114,6 +114,32 @@ describe('Azure Compute emulator (REST)', () => {
     assert.equal(((await gone.json()) as { error: { code: string } }).error.code, 'ResourceNotFound');
   });
 
+  test('an access SAS lives at most maxSasSeconds', async () => {
+    sb.emulator.options.maxSasSeconds = 1;
+    try {
+      const snaps = `${base}/snapshots/s2${api}`;
+      const diskId = `${base.slice(sb.emulator.armEndpoint.length)}/disks/d1`;
+      const put = await call('PUT', snaps, {
+        location: 'eastus',
+        properties: { creationData: { createOption: 'Copy', sourceResourceId: diskId } },
+      });
+      await waitOp(put.headers.get('azure-asyncoperation')!);
+      const grant = await call('POST', `${base}/snapshots/s2/beginGetAccess${api}`, {
+        access: 'Read',
+        durationInSeconds: 3600,
+      });
+      await waitOp(grant.headers.get('azure-asyncoperation')!);
+      const sas = (
+        (await (await call('GET', grant.headers.get('location')!)).json()) as { accessSAS: string }
+      ).accessSAS;
+      assert.equal((await fetch(sas, { method: 'HEAD' })).status, 200);
+      await new Promise((r) => setTimeout(r, 1100));
+      assert.equal((await fetch(sas, { method: 'HEAD' })).status, 403, 'expired');
+    } finally {
+      sb.emulator.options.maxSasSeconds = 3600;
+    }
+  });
+
   test('injected throttling answers 429 with Retry-After', async () => {
     sb.emulator.injectThrottling(1, 7);
     const r = await call('GET', `${base}/snapshots${api}`);
