@@ -13,6 +13,7 @@ import { HttpServer } from './http.ts';
 import { Router } from './router.ts';
 import { registerRoutes } from './routes.ts';
 import { registerDrRoutes, type DrRuntime } from './dr.ts';
+import { registerWebRoutes } from './web.ts';
 
 export { SERVER_URL_FILE, DEFAULT_LISTEN, API } from './constants.ts';
 export { loadOrCreateToken, tokenFilePath, checkBearer } from './auth.ts';
@@ -63,6 +64,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     version: opts.version ?? '0.1.0',
   });
   if (opts.dr) registerDrRoutes(router, opts.dr);
+  registerWebRoutes(router);
   // Recovery first: nothing is served until actions left Running by a killed process are settled.
   await opts.service.start();
   let url: string;
