@@ -101,6 +101,10 @@ export class DrRuntime {
     if (!this.service || this.o.intervalMs <= 0 || this.loop) return;
     const svc = this.service;
     const signal = this.stopping.signal;
+    // Clocks need not honour the signal (a test clock only wakes when advanced): race it.
+    const stopped = new Promise<void>((resolve) =>
+      signal.addEventListener('abort', () => resolve(), { once: true }),
+    );
     this.loop = (async () => {
       while (!signal.aborted) {
         try {
@@ -114,11 +118,7 @@ export class DrRuntime {
           if (!signal.aborted) this.o.log?.(`dr tick failed: ${describeError(err)}`);
         }
         this.ticks++;
-        try {
-          await this.clock.sleep(this.o.intervalMs, signal);
-        } catch {
-          return;
-        }
+        await Promise.race([this.clock.sleep(this.o.intervalMs, signal).catch(() => undefined), stopped]);
       }
     })();
   }
