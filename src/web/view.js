@@ -158,12 +158,19 @@ export function renderActions(s, now, limit = 30) {
   if (list.length === 0) return empty('No actions yet.');
   const rows = list.map((a) => {
     const phase = currentPhase(a);
+    // A bar while the action runs (indeterminate when the total is unknown), or where a failed one stopped.
     const progress =
-      a.progress !== undefined
-        ? h('progress', { max: '1', value: String(a.progress), title: `${Math.round(a.progress * 100)} %` })
+      isActive(a.state) || (a.state !== 'Complete' && a.progress !== undefined)
+        ? a.progress !== undefined
+          ? h('progress', { max: '1', value: String(a.progress), title: `${Math.round(a.progress * 100)} %` })
+          : h('progress', {})
+        : undefined;
+    const bytes =
+      a.bytesRead || a.bytesTransferred
+        ? `read ${formatBytes(a.bytesRead)} · sent ${formatBytes(a.bytesTransferred)}`
         : isActive(a.state)
-          ? h('progress', {})
-          : undefined;
+          ? 'starting…'
+          : '—';
     const end = a.endedAt ? Date.parse(a.endedAt) : now;
     const took = a.startedAt ? formatMs(end - Date.parse(a.startedAt)) : '—';
     return h(
@@ -183,14 +190,7 @@ export function renderActions(s, now, limit = 30) {
           : undefined,
       ),
       td(phase ?? '—'),
-      td(
-        progress,
-        h(
-          'div',
-          { class: 'muted small' },
-          `read ${formatBytes(a.bytesRead)} · sent ${formatBytes(a.bytesTransferred)}`,
-        ),
-      ),
+      td(progress, h('div', { class: progress ? 'muted small' : 'small' }, bytes)),
       td(age(a.createdAt, now), h('div', { class: 'muted small' }, took)),
       td(a.error ? h('span', { class: 'error-text' }, `${a.error.code}: ${errorText(a.error)}`) : ''),
     );

@@ -2,7 +2,8 @@
  * The dashboard in a real browser: a real `tern server` child process (SQLite catalog, local platform, a
  * file:// repository), an app and a policy created over the API and run once, then Debian Chromium driven by
  * playwright-core opens `/`, signs in with the token, and must show the app with its restore points per tier,
- * the completed actions, a second run arriving live over the events stream, and a clear error for a wrong
+ * the completed actions, a second run arriving live over the events stream, the DR panel's path choice (RPO
+ * and RTO after an import and a restore at this same server), and a clear error for a wrong
  * token. Static files are public and carry a CSP; data routes stay behind the token. Screenshots go to a temp
  * dir (and docs/dashboard.png when TERN_UPDATE_SCREENSHOT=1).
  */
@@ -21,6 +22,7 @@ const skip = fs.existsSync(CHROMIUM)
   ? false
   : `no Chromium at ${CHROMIUM} (scripts/peers.d/40-chromium.sh installs Debian chromium)`;
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
+const IMPORT_SECRET = 'web test import secret 41c2';
 
 describe('web dashboard in Chromium', { skip, timeout: 180_000 }, () => {
   let work: string;
@@ -71,7 +73,9 @@ describe('web dashboard in Chromium', { skip, timeout: 180_000 }, () => {
     fs.mkdirSync(path.join(work, 'repo'));
     let t0 = Date.now();
     [server, browser] = await Promise.all([
-      startTernServer(path.join(work, 'data')),
+      startTernServer(path.join(work, 'data'), {
+        env: { TERN_SITE: 'east', TERN_IMPORT_SECRET: IMPORT_SECRET, TERN_DR_INTERVAL: '0', TERN_SERVER: '' },
+      }),
       chromium.launch({
         executablePath: CHROMIUM,
         args: [
@@ -186,15 +190,42 @@ describe('web dashboard in Chromium', { skip, timeout: 180_000 }, () => {
     // A second run while the page is open: its actions arrive over the events stream, no reload.
     await page.locator('#live').waitFor({ state: 'visible', timeout: 10_000 });
     const t1 = Date.now();
+    const fd = fs.openSync(path.join(work, 'east', 'volumes', 'data'), 'r+');
+    fs.writeSync(fd, crypto.randomBytes(256 << 10), 0, 256 << 10, 1 << 20);
+    fs.closeSync(fd);
     const second = await runPolicy('shop-hourly');
     await page
       .locator(`#actions tr[data-action="${second}"][data-state="Complete"]`)
       .waitFor({ timeout: 15_000 });
     timings.liveUpdateAfterRunMs = Date.now() - t1;
-    await page.locator('#points tbody tr').nth(1).waitFor({ timeout: 10_000 });
+    // Reloaded after the run ended: two points, the newest already with its repository tier.
+    await page
+      .locator('#points tbody tr')
+      .first()
+      .locator('.badge', { hasText: 'repository' })
+      .waitFor({ timeout: 10_000 });
     assert.equal(await page.locator('#points tbody tr').count(), 2, 'restore points reloaded after the run');
     assert.equal(await page.locator('#banner').isVisible(), false);
     assert.match((await page.locator('#dr').textContent()) ?? '', /No DR streams/);
+
+    // This server is also a DR site for its own stream: import the export details, restore from the
+    // repository (a measured RTO), and the DR panel names the path with its RPO and RTO.
+    const { token } = await api<{ token: string }>('POST', '/v1/dr/export-details?policy=shop-hourly', {
+      importSecret: IMPORT_SECRET,
+    });
+    await api('POST', '/v1/dr/import', { token, locationProfile: 'offsite' });
+    await api('POST', '/v1/dr/restores', {
+      app: 'shop',
+      path: 'repository',
+      targetDir: path.join(work, 'restored'),
+    });
+    await page.click('#refresh');
+    const dr = page.locator('#dr [data-dr-app="shop"]');
+    await dr.waitFor({ timeout: 10_000 });
+    assert.match(
+      (await dr.locator('.verdict').textContent()) ?? '',
+      /Use repository: fastest back \(RTO [\d.]+ m?s\) and least loss \(RPO \d+ s\)/,
+    );
 
     const shots = path.join(work, 'shots');
     fs.mkdirSync(shots);
