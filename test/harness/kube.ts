@@ -51,6 +51,8 @@ export interface Kube {
   kubeConfig(user?: 'admin' | 'limited'): KubeConfig;
   /** Kill the API server (etcd stays); for tests of an API server that goes away mid-operation. */
   killApiServer(): Promise<void>;
+  /** Start the API server again on the same port, certificates and etcd data (after killApiServer). */
+  restartApiServer(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -148,41 +150,42 @@ export async function startKube(): Promise<Kube> {
     await waitForPort(etcdPort, 60_000).catch(async (err: unknown) => {
       throw new Error(`etcd did not start:\n${await tail(etcdLog)}`, { cause: err });
     });
-    api = spawnLogged(
-      path.join(bin, 'kube-apiserver'),
-      [
-        `--etcd-servers=${etcdUrl}`,
-        `--cert-dir=${path.join(dir, 'certs')}`,
-        `--tls-cert-file=${path.join(dir, 'server.crt')}`,
-        `--tls-private-key-file=${path.join(dir, 'server.key')}`,
-        `--secure-port=${apiPort}`,
-        '--bind-address=127.0.0.1',
-        '--advertise-address=127.0.0.1',
-        '--service-cluster-ip-range=10.0.0.0/24',
-        '--authorization-mode=RBAC',
-        `--token-auth-file=${path.join(dir, 'tokens.csv')}`,
-        '--service-account-issuer=https://kubernetes.default.svc',
-        `--service-account-key-file=${path.join(dir, 'sa.pub')}`,
-        `--service-account-signing-key-file=${path.join(dir, 'sa.key')}`,
-        '--disable-admission-plugins=ServiceAccount',
-        '--allow-privileged=true',
-        // Loopback advertise addresses are refused by the endpoint reconciler; tests need no kubernetes Endpoints.
-        '--endpoint-reconciler-type=none',
-        '--v=0',
-      ],
-      apiLog,
-    );
+    const apiArgs = [
+      `--etcd-servers=${etcdUrl}`,
+      `--cert-dir=${path.join(dir, 'certs')}`,
+      `--tls-cert-file=${path.join(dir, 'server.crt')}`,
+      `--tls-private-key-file=${path.join(dir, 'server.key')}`,
+      `--secure-port=${apiPort}`,
+      '--bind-address=127.0.0.1',
+      '--advertise-address=127.0.0.1',
+      '--service-cluster-ip-range=10.0.0.0/24',
+      '--authorization-mode=RBAC',
+      `--token-auth-file=${path.join(dir, 'tokens.csv')}`,
+      '--service-account-issuer=https://kubernetes.default.svc',
+      `--service-account-key-file=${path.join(dir, 'sa.pub')}`,
+      `--service-account-signing-key-file=${path.join(dir, 'sa.key')}`,
+      '--disable-admission-plugins=ServiceAccount',
+      '--allow-privileged=true',
+      // Loopback advertise addresses are refused by the endpoint reconciler; tests need no kubernetes Endpoints.
+      '--endpoint-reconciler-type=none',
+      '--v=0',
+    ];
     const caPem = await fsp.readFile(path.join(dir, 'ca.crt'), 'utf8');
     const server = `https://127.0.0.1:${apiPort}`;
-    // Generous: under heavy load (load average ~30 on 2 cores) a start here outlasted a 120 s test hook.
-    const deadline = Date.now() + 180_000;
-    for (;;) {
-      if (api.exitCode !== null) throw new Error(`kube-apiserver exited:\n${await tail(apiLog)}`);
-      if ((await get(`${server}/readyz`, caPem, adminToken)) === 200) break;
-      if (Date.now() > deadline)
-        throw new Error(`kube-apiserver not ready after 180 s:\n${await tail(apiLog)}`);
-      await new Promise((r) => setTimeout(r, 250));
-    }
+    const startApi = async (): Promise<void> => {
+      const child = spawnLogged(path.join(bin, 'kube-apiserver'), apiArgs, apiLog);
+      api = child;
+      // Generous: under heavy load (load average ~30 on 2 cores) a start here outlasted a 120 s test hook.
+      const deadline = Date.now() + 180_000;
+      for (;;) {
+        if (child.exitCode !== null) throw new Error(`kube-apiserver exited:\n${await tail(apiLog)}`);
+        if ((await get(`${server}/readyz`, caPem, adminToken)) === 200) break;
+        if (Date.now() > deadline)
+          throw new Error(`kube-apiserver not ready after 180 s:\n${await tail(apiLog)}`);
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    };
+    await startApi();
     const kubeConfig = (user: 'admin' | 'limited' = 'admin'): KubeConfig => {
       const kc = new KubeConfig();
       kc.loadFromOptions({
@@ -203,6 +206,10 @@ export async function startKube(): Promise<Kube> {
       limitedToken,
       kubeConfig,
       killApiServer: () => stopChild(api, 'SIGKILL'),
+      restartApiServer: async () => {
+        await stopChild(api, 'SIGKILL');
+        await startApi();
+      },
       stop: cleanup,
     };
   } catch (err) {

@@ -20,6 +20,7 @@ import {
   KubeTypes as T,
   backupNamespace,
   exportBackup,
+  type HookRunner,
   type KubeObject,
 } from '../../src/platforms/kubernetes/index.ts';
 import { Repository } from '../../src/repo/index.ts';
@@ -352,5 +353,166 @@ describe('RestoreAction reconciler (real kube-apiserver)', { skip }, () => {
     const handle = (pv['spec'] as { csi: { volumeHandle: string } }).csi.volumeHandle;
     const vol = (await platform.listVolumes('east')).find((v) => v.id === handle)!;
     assert.ok(fs.readFileSync(platform.volumeDataPath(vol)).equals(payload));
+  });
+  test('Policy retention: GFS tiers (the engine retention function) on the points scheduled by an injected clock', async () => {
+    await client.mergePatch(TernTypes.policy, 'tern-system', 'app-hourly', { spec: { paused: true } });
+    const rp = (name: string, at: string) =>
+      o('tern.io/v1alpha1', 'RestorePoint', name, 'tern-system', {
+        spec: { app: 'app', policy: 'gfs', backupId: name, consistentAt: at, volumes: [] },
+      });
+    await client.create(
+      TernTypes.policy,
+      o('tern.io/v1alpha1', 'Policy', 'gfs', 'tern-system', {
+        spec: {
+          app: { namespace: 'app' },
+          frequency: '@daily',
+          retention: { latest: 1, daily: 3, weekly: 2, monthly: 2 },
+          export: { mode: 'datamover', locationProfile: 'offsite', repositoryPath: 'repo' },
+        },
+      }),
+    );
+    // Earlier points of this policy (no snapshots), by the time their run was scheduled for.
+    const earlier: Record<string, string> = {
+      'gfs-tue': '2027-03-09T00:00:00.000Z', // daily
+      'gfs-mon-noon': '2027-03-08T12:00:00.000Z', // daily (newest of Monday)
+      'gfs-mon': '2027-03-08T00:00:00.000Z', // same day, same week, same month: removed
+      'gfs-prev-week': '2027-03-03T00:00:00.000Z', // weekly (ISO week 9)
+      'gfs-feb': '2027-02-24T00:00:00.000Z', // monthly (February)
+      'gfs-dec': '2026-12-30T00:00:00.000Z', // beyond 2 months: removed
+    };
+    for (const [name, at] of Object.entries(earlier)) {
+      const made = await client.create(TernTypes.restorePoint, {
+        ...rp(name, at),
+        metadata: { name, namespace: 'tern-system', labels: { 'tern.io/policy': 'gfs' } },
+      });
+      await client.replaceStatus(TernTypes.restorePoint, { ...made, status: { scheduledAt: at } });
+    }
+    // The clock says Wednesday 2027-03-10 01:00 UTC: the daily run due at midnight runs now.
+    const clock = new ManualClock(Date.UTC(2027, 2, 10, 1));
+    const logs: string[] = [];
+    const rec = new PolicyReconciler({ client, namespace: 'tern-system', clock, log: (l) => logs.push(l) });
+    const made = await rec.reconcileOnce();
+    const newest = made.find((n) => n.startsWith('gfs-'));
+    assert.ok(newest, logs.join('\n'));
+    const left = (
+      await client.list(TernTypes.restorePoint, 'tern-system', { labelSelector: 'tern.io/policy=gfs' })
+    )
+      .map((p) => p.metadata.name)
+      .sort();
+    assert.deepEqual(left, [newest, 'gfs-feb', 'gfs-mon-noon', 'gfs-prev-week', 'gfs-tue'].sort());
+    const np = await client.get(TernTypes.restorePoint, 'tern-system', newest);
+    assert.equal((np['status'] as { scheduledAt: string }).scheduledAt, '2027-03-10T00:00:00.000Z');
+    assert.ok(
+      logs.some((l) => l.includes('retired gfs-mon')) && logs.some((l) => l.includes('retired gfs-dec')),
+    );
+    // newest-N only would have kept one point; a second pass changes nothing.
+    const again = await rec.applyRetention('gfs', { latest: 1, daily: 3, weekly: 2, monthly: 2 });
+    assert.deepEqual(again.removed, []);
+    // Its snapshots stay until retention retires it: pause the policy and retire everything but the newest.
+    await client.mergePatch(TernTypes.policy, 'tern-system', 'gfs', { spec: { paused: true } });
+    const last = await rec.applyRetention('gfs', { latest: 1 });
+    assert.deepEqual(last.kept, [newest]);
+  });
+
+  // Last: it kills and restarts the API server.
+  test('API server dies mid-backup: the run snapshots are recorded as orphaned and deleted at the next contact', async () => {
+    const snapshotsInApp = async () =>
+      (await client.list(T.volumeSnapshot, 'app')).map((v) => v.metadata.name).sort();
+    const before = await snapshotsInApp();
+    await client.create(
+      TernTypes.policy,
+      o('tern.io/v1alpha1', 'Policy', 'doomed', 'tern-system', {
+        spec: {
+          app: { namespace: 'app' },
+          frequency: '@hourly',
+          hooks: [{ name: 'thaw', when: 'post-snapshot', command: ['true'] }],
+          export: { mode: 'datamover', locationProfile: 'offsite', repositoryPath: 'repo' },
+        },
+      }),
+    );
+    // The post-snapshot hook runs once the snapshots are ready and retained; then the API server dies.
+    let killed = false;
+    const runner: HookRunner = {
+      run: async () => {
+        if (!killed) {
+          killed = true;
+          await kube.killApiServer();
+        }
+        return { exitCode: 0, stdout: '', stderr: '' };
+      },
+    };
+    const logs: string[] = [];
+    const rec = new PolicyReconciler({
+      client: new KubeClient(kube.kubeConfig(), { timeoutMs: 5000 }),
+      namespace: 'tern-system',
+      clock: new ManualClock(Date.now() + 2 * 3600_000),
+      hookRunner: runner,
+      log: (l) => logs.push(l),
+    });
+    await assert.rejects(rec.reconcileOnce(), /unreachable/);
+    assert.ok(killed);
+    const orphanLine = logs.find((l) => l.includes('could not be deleted'));
+    assert.ok(orphanLine, logs.join('\n'));
+
+    const t0 = Date.now();
+    await kube.restartApiServer();
+    console.log(`# API server restarted on the same etcd data in ${Date.now() - t0} ms`);
+    const orphaned = (await snapshotsInApp()).filter((n) => !before.includes(n));
+    assert.equal(orphaned.length, 1, 'the run left its snapshot behind');
+    const content = (
+      (await client.get(T.volumeSnapshot, 'app', orphaned[0]!))['status'] as {
+        boundVolumeSnapshotContentName: string;
+      }
+    ).boundVolumeSnapshotContentName;
+    assert.equal(
+      ((await client.get(T.volumeSnapshotContent, undefined, content))['spec'] as { deletionPolicy: string })
+        .deletionPolicy,
+      'Retain',
+    );
+    // Next contact (the policy paused, so no new run): recorded on the Policy, then deleted.
+    await client.mergePatch(TernTypes.policy, 'tern-system', 'doomed', { spec: { paused: true } });
+    await rec.reconcileOnce();
+    assert.ok(
+      logs.some((l) => /policy doomed: recorded 1 orphaned snapshot/.test(l)),
+      logs.join('\n'),
+    );
+    assert.ok(
+      logs.some((l) => l.includes(`deleted 1 orphaned snapshot(s): app/${orphaned[0]}`)),
+      logs.join('\n'),
+    );
+    assert.deepEqual(await snapshotsInApp(), before);
+    const pst = (await client.get(TernTypes.policy, 'tern-system', 'doomed'))['status'] as
+      { orphanedSnapshots?: unknown[] } | undefined;
+    assert.equal(pst?.orphanedSnapshots, undefined);
+    for (let i = 0; await client.find(T.volumeSnapshotContent, undefined, content); i++) {
+      assert.ok(i < 300, 'orphaned content deleted by the driver');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  });
+
+  test('orphaned snapshots recorded on a Policy are deleted by a new reconciler (after a Tern restart)', async () => {
+    const vs = o('snapshot.storage.k8s.io/v1', 'VolumeSnapshot', 'left-behind', 'app', {
+      spec: { volumeSnapshotClassName: 'snap', source: { persistentVolumeClaimName: 'data' } },
+    });
+    await client.create(T.volumeSnapshot, vs);
+    const p = await client.get(TernTypes.policy, 'tern-system', 'doomed');
+    await client.replaceStatus(TernTypes.policy, {
+      ...p,
+      status: {
+        ...(p['status'] as object),
+        orphanedSnapshots: [{ namespace: 'app', volumeSnapshot: 'left-behind' }],
+      },
+    });
+    const logs: string[] = [];
+    await new PolicyReconciler({
+      client,
+      namespace: 'tern-system',
+      log: (l) => logs.push(l),
+    }).reconcileOnce();
+    assert.equal(await client.find(T.volumeSnapshot, 'app', 'left-behind'), undefined, logs.join('\n'));
+    const st = (await client.get(TernTypes.policy, 'tern-system', 'doomed'))['status'] as {
+      orphanedSnapshots?: unknown;
+    };
+    assert.equal(st.orphanedSnapshots, undefined);
   });
 });

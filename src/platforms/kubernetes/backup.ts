@@ -11,7 +11,14 @@ import { captureNamespace } from './capture.ts';
 import { T, type KubeClient } from './client.ts';
 import { runHooks, type HookRunner, type HookSpec } from './hooks.ts';
 import { sanitize } from './sanitize.ts';
-import { planSnapshots, takeSnapshots } from './snapshots.ts';
+import type { VolumeRecord } from './bundle.ts';
+import {
+  deleteBackupSnapshots,
+  orphansOfVolumes,
+  planSnapshots,
+  takeSnapshots,
+  withOrphanedSnapshots,
+} from './snapshots.ts';
 
 export interface BackupOptions extends RunOptions {
   backupId?: string;
@@ -68,6 +75,7 @@ export async function backupNamespace(
   const hooks = opts.hooks ?? [];
   const phases: PhaseRecord[] = [];
   const createdAt = clock.now().toISOString();
+  let made: VolumeRecord[] | undefined;
   try {
     const capture = await phase(
       phases,
@@ -108,6 +116,7 @@ export async function backupNamespace(
           }),
         (v) => `${v.length} snapshots ready`,
       );
+      made = volumes;
     } finally {
       if (preRan) {
         // Post hooks run even after a failure; their own failure is recorded, and reported if nothing else failed.
@@ -144,7 +153,15 @@ export async function backupNamespace(
       phases,
       warnings: capture.warnings,
     };
-  } catch (err) {
+  } catch (caught) {
+    let err = caught;
+    if (made && made.length > 0) {
+      // Snapshots are made (and retained) but there is no backup: they go again, or are reported as orphans.
+      const volumes = made;
+      await deleteBackupSnapshots(client, { namespace, volumes }).catch(() => {
+        err = withOrphanedSnapshots(err, orphansOfVolumes(namespace, volumes));
+      });
+    }
     if (err instanceof Error && 'details' in err && typeof err.details === 'object' && err.details) {
       try {
         (err.details as Record<string, unknown>)['phases'] = phases;

@@ -11,6 +11,11 @@ export {
   takeSnapshots,
   waitSnapshotReady,
   deleteBackupSnapshots,
+  deleteOrphanedSnapshots,
+  orphanedSnapshotsOf,
+  orphansOfVolumes,
+  withOrphanedSnapshots,
+  type OrphanedSnapshot,
   SNAPSHOT_CLASS_ANNOTATION,
   BACKUP_LABEL,
 } from './snapshots.ts';

@@ -249,13 +249,100 @@ export async function takeSnapshots(
         .delete(T.volumeSnapshot, c.ns, c.name)
         .catch((e: unknown) => leftovers.push(`${c.ns}/${c.name} (${describeError(e)})`));
     }
-    if (leftovers.length > 0 && err instanceof TernError)
+    if (leftovers.length > 0 && err instanceof TernError) {
+      const orphanedSnapshots: OrphanedSnapshot[] = created
+        .filter((c) => leftovers.some((l) => l.startsWith(`${c.ns}/${c.name} `)))
+        .map((c) => ({ namespace: c.ns, volumeSnapshot: c.name }));
       throw new (err.constructor as typeof StorageError)(
         `${err.message}; VolumeSnapshots left behind (delete them when the API is back): ${leftovers.join(', ')}`,
-        { cause: err, details: { leftovers } },
+        { cause: err, details: { leftovers, orphanedSnapshots } },
       );
+    }
     throw err;
   }
+}
+
+/**
+ * A CSI snapshot a failed backup could not delete (the API server was gone): the caller records it and
+ * deletes it on the next successful contact (`deleteOrphanedSnapshots`). Without the content name, the
+ * content still has its class's deletion policy, so deleting the VolumeSnapshot removes both.
+ */
+export interface OrphanedSnapshot {
+  namespace: string;
+  volumeSnapshot: string;
+  volumeSnapshotContent?: string;
+}
+
+/** The orphaned snapshots an error (or one of its causes) reports in `details.orphanedSnapshots`. */
+export function orphanedSnapshotsOf(err: unknown): OrphanedSnapshot[] {
+  for (let e: unknown = err; e instanceof Error; e = e.cause) {
+    const o = e instanceof TernError ? e.details['orphanedSnapshots'] : undefined;
+    if (Array.isArray(o)) return o as OrphanedSnapshot[];
+  }
+  return [];
+}
+
+/** The same error (same class and code) with `orphans` added to `details.orphanedSnapshots`. */
+export function withOrphanedSnapshots(err: unknown, orphans: OrphanedSnapshot[]): unknown {
+  if (orphans.length === 0) return err;
+  const names = orphans.map((o) => `${o.namespace}/${o.volumeSnapshot}`).join(', ');
+  const all = [...orphanedSnapshotsOf(err), ...orphans];
+  if (err instanceof TernError)
+    return new (err.constructor as typeof StorageError)(
+      `${err.message}; snapshots left behind (delete them when the API is back): ${names}`,
+      { cause: err, details: { ...err.details, orphanedSnapshots: all } },
+    );
+  return new StorageError(`${describeError(err)}; snapshots left behind: ${names}`, {
+    cause: err,
+    details: { orphanedSnapshots: all },
+  });
+}
+
+/**
+ * Deletes orphaned snapshots: a recorded content goes back to `Delete` (and is deleted itself when its
+ * VolumeSnapshot is already gone), then the VolumeSnapshot is deleted. Returns those that could not be.
+ */
+export async function deleteOrphanedSnapshots(
+  client: KubeClient,
+  orphans: OrphanedSnapshot[],
+  signal?: AbortSignal,
+): Promise<{ deleted: OrphanedSnapshot[]; left: OrphanedSnapshot[]; errors: string[] }> {
+  const deleted: OrphanedSnapshot[] = [];
+  const left: OrphanedSnapshot[] = [];
+  const errors: string[] = [];
+  for (const o of orphans) {
+    try {
+      const vs = await client.find(T.volumeSnapshot, o.namespace, o.volumeSnapshot, signal);
+      if (o.volumeSnapshotContent) {
+        const c = await client.find(T.volumeSnapshotContent, undefined, o.volumeSnapshotContent, signal);
+        if (c) {
+          await client.mergePatch(
+            T.volumeSnapshotContent,
+            undefined,
+            o.volumeSnapshotContent,
+            { spec: { deletionPolicy: 'Delete' } },
+            signal,
+          );
+          if (!vs) await client.delete(T.volumeSnapshotContent, undefined, o.volumeSnapshotContent, signal);
+        }
+      }
+      if (vs) await client.delete(T.volumeSnapshot, o.namespace, o.volumeSnapshot, signal);
+      deleted.push(o);
+    } catch (err) {
+      left.push(o);
+      errors.push(`${o.namespace}/${o.volumeSnapshot}: ${describeError(err)}`);
+    }
+  }
+  return { deleted, left, errors };
+}
+
+/** The orphan records of a backup's volumes. */
+export function orphansOfVolumes(namespace: string, volumes: VolumeRecord[]): OrphanedSnapshot[] {
+  return volumes.map((v) => ({
+    namespace,
+    volumeSnapshot: v.volumeSnapshot,
+    volumeSnapshotContent: v.volumeSnapshotContent,
+  }));
 }
 
 export { parseQuantity };
