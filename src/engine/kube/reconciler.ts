@@ -4,7 +4,8 @@
  * (location Profile + the Secret it references), restores it with the action's target namespace,
  * transforms and existing-object policy, and reports state, phases, plan and error in the status
  * subresource. Volumes come from the CSI snapshot handles the bundle records (`source: snapshot`).
- * Polling, one action at a time; leader election and datamover Jobs (`source: repository`) are not built.
+ * Polling, one action at a time; with several replicas `tern server` runs it only while holding the leader
+ * Lease (leader.ts). Datamover Jobs (`source: repository`) are not built.
  */
 import type { Clock } from '../../core/index.ts';
 import { InputError, NotFoundError, describeError, errorRecord, systemClock } from '../../core/index.ts';
