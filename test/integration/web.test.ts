@@ -108,6 +108,27 @@ describe('web dashboard in Chromium', { skip, timeout: 180_000 }, () => {
       retention: { latest: 3 },
       export: { mode: 'datamover', locationProfile: 'offsite' },
     });
+    // An app whose volume is gone after it was registered: its run fails, and the page must say so and why.
+    fs.writeFileSync(path.join(region, 'volumes', 'ledger-db'), 'x');
+    await api('POST', '/v1/apps', {
+      name: 'ledger',
+      infraProfile: 'local',
+      region: 'east',
+      volumes: [{ name: 'db', ref: 'ledger-db' }],
+    });
+    fs.rmSync(path.join(region, 'volumes', 'ledger-db'));
+    await api('POST', '/v1/policies', {
+      name: 'ledger-daily',
+      app: 'ledger',
+      frequency: '@daily',
+      retention: {},
+    });
+    const failed = await api<{ actionId: string }>('POST', '/v1/policies/ledger-daily/run');
+    for (let a = await api<ActionRun>('GET', `/v1/actions/${failed.actionId}`); a.state !== 'Failed';) {
+      assert.ok(['Pending', 'Running'].includes(a.state), `ledger backup: ${JSON.stringify(a)}`);
+      await new Promise((r) => setTimeout(r, 100));
+      a = await api<ActionRun>('GET', `/v1/actions/${failed.actionId}`);
+    }
     t0 = Date.now();
     await runPolicy('shop-hourly');
     timings.firstRunMs = Date.now() - t0;
@@ -173,6 +194,17 @@ describe('web dashboard in Chromium', { skip, timeout: 180_000 }, () => {
 
     const policy = await page.locator('#policies tr[data-policy="shop-hourly"]').textContent();
     assert.match(policy ?? '', /hourly at :15.*repository → offsite.*active.*Complete/);
+
+    const ledger = await page.locator('#apps tr[data-app="ledger"]').textContent();
+    assert.match(ledger ?? '', /no restore point/);
+    assert.match(
+      (await page.locator('#policies tr[data-policy="ledger-daily"]').textContent()) ?? '',
+      /daily.*Failed/,
+    );
+    const failedRow = page.locator('#actions tr[data-state="Failed"]');
+    assert.equal(await failedRow.count(), 1);
+    assert.match((await failedRow.textContent()) ?? '', /backup.*ledger.*Failed.*[A-Z_]+: .*ledger-db/);
+    assert.match((await page.locator('#summary').textContent()) ?? '', /1failed \(24 h\)/);
 
     const points = await api<{ id: string }[]>('GET', '/v1/restorepoints?app=shop');
     assert.equal(points.length, 1);
