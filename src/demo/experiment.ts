@@ -83,17 +83,17 @@ const VOLUME = 'data';
 
 export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   const log = o.log ?? (() => {});
-  if (o.platform !== 'local') {
-    if (o.platform === 'azure')
+  if (o.platform === 'azure') {
+    if (!platformTypes().includes('azure'))
       throw new InputError(
-        platformTypes().includes('azure')
-          ? 'the Azure path of the demo needs the Azure emulators (Azurite for page blobs + the compute emulator in test/); they are not wired into the demo yet: run with --platform local'
-          : 'the Azure path of the demo needs the Azure emulators (Azurite + the compute emulator) and the azure platform (src/platforms/azure), which is not in this build: run with --platform local',
+        'the azure platform (src/platforms/azure) is not in this build: run with --platform local',
       );
-    throw new InputError(
-      `the demo runs on --platform local (or azure with its emulator), not "${o.platform}"`,
-    );
+    // Azurite + the compute emulator, loaded only for this path.
+    const { runAzureDemo } = await import('./azure.ts');
+    return runAzureDemo(o);
   }
+  if (o.platform !== 'local')
+    throw new InputError(`the demo runs on --platform local or azure, not "${o.platform}"`);
   const notices: string[] = [];
   const work = fs.mkdtempSync(path.join(o.workDir ?? os.tmpdir(), 'tern-demo-'));
   const slack = 256 << 20;

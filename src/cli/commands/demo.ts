@@ -12,7 +12,11 @@ export function registerDemo(program: Command): void {
     )
     .option('--size <size>', 'application volume size (e.g. 256MiB, 5GiB)', '256MiB')
     .option('--change-block <size>', 'the 1% change is written in scattered pieces of this size', '4KiB')
-    .option('--platform <type>', 'platform: local (azure needs the Azure emulator)', 'local')
+    .option(
+      '--platform <type>',
+      'platform: local, or azure (Azurite + the compute emulator, started for the demo)',
+      'local',
+    )
     .option('--work-dir <dir>', 'where the sites are created (default: the temp dir)')
     .option('--no-loop', 'plain directories instead of loop filesystems')
     .option('--keep', 'leave the sites for inspection')
