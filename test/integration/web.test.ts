@@ -221,6 +221,14 @@ describe('web dashboard in Chromium', { skip, timeout: 180_000 }, () => {
 
     // A second run while the page is open: its actions arrive over the events stream, no reload.
     await page.locator('#live').waitFor({ state: 'visible', timeout: 10_000 });
+    // Every action row state the page shows from now on (a string, as this file has no DOM types).
+    await page.evaluate(`(() => {
+      const seen = (window.ternSeen = []);
+      new MutationObserver(() => {
+        for (const tr of document.querySelectorAll('#actions tr[data-action]'))
+          seen.push([tr.dataset.action, tr.dataset.type, tr.dataset.state, tr.querySelector('progress') ? 'bar' : ''].join('|'));
+      }).observe(document.getElementById('actions'), { childList: true, subtree: true });
+    })()`);
     const t1 = Date.now();
     const fd = fs.openSync(path.join(work, 'east', 'volumes', 'data'), 'r+');
     fs.writeSync(fd, crypto.randomBytes(256 << 10), 0, 256 << 10, 1 << 20);
@@ -230,6 +238,14 @@ describe('web dashboard in Chromium', { skip, timeout: 180_000 }, () => {
       .locator(`#actions tr[data-action="${second}"][data-state="Complete"]`)
       .waitFor({ timeout: 15_000 });
     timings.liveUpdateAfterRunMs = Date.now() - t1;
+    const runIds = new Set((await api<ActionRun[]>('GET', `/v1/actions?run=${second}`)).map((a) => a.id));
+    const seen = ((await page.evaluate('window.ternSeen')) as string[])
+      .map((x) => x.split('|'))
+      .filter(([id]) => runIds.has(id ?? ''));
+    assert.ok(
+      seen.some(([, , state, bar]) => state === 'Running' && bar === 'bar'),
+      `a running action of the run was shown with its progress bar: ${JSON.stringify([...new Set(seen.map((x) => x.join('|')))])}`,
+    );
     // Reloaded after the run ended: two points, the newest already with its repository tier.
     await page
       .locator('#points tbody tr')
