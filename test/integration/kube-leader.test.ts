@@ -3,6 +3,9 @@
  * Lease, one holder at a time, takeover only after the lease duration without renewal, release on stop.
  */
 import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ManualClock } from '../../src/core/index.ts';
@@ -125,7 +128,7 @@ describe('leader election (real kube-apiserver)', { skip }, () => {
         await new Promise((r) => setTimeout(r, 20));
       }
       const takeoverMs = Date.now() - died;
-      console.log(`takeover after the leader died: ${takeoverMs} ms (lease ${leaseMs} ms)`);
+      console.log(`# takeover after the leader died: ${takeoverMs} ms (lease ${leaseMs} ms)`);
       assert.ok(takeoverMs >= leaseMs - 300, `took over too early: ${takeoverMs} ms`);
       await action('second');
       assert.deepEqual(acted('second'), ['r2']);
@@ -141,13 +144,102 @@ describe('leader election (real kube-apiserver)', { skip }, () => {
         assert.ok(Date.now() - stopped < leaseMs, 'released lease not taken at once');
         await new Promise((r) => setTimeout(r, 20));
       }
-      console.log(`takeover after a clean release: ${Date.now() - stopped} ms`);
+      console.log(`# takeover after a clean release: ${Date.now() - stopped} ms`);
       await action('third');
       assert.deepEqual(acted('third'), ['r3']);
       await r3.stop();
     } finally {
       await r1.stop();
       await r2.stop();
+    }
+  });
+  test('two tern server --kubernetes processes: the leader is killed (SIGKILL), the other takes over', async () => {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-kube-leader-'));
+    const kubeconfig = path.join(tmp, 'kubeconfig');
+    fs.writeFileSync(kubeconfig, kube.kubeConfig().exportConfig());
+    const servers: { id: string; child: ChildProcess; stderr: string }[] = [];
+    const startServer = (id: string) => {
+      const child = spawn(
+        process.execPath,
+        [
+          path.join(ROOT, 'src', 'cli', 'main.ts'),
+          'server',
+          '--kubernetes',
+          NS,
+          '--lease-duration',
+          '3',
+          '--listen',
+          '127.0.0.1:0',
+          '--data-dir',
+          path.join(tmp, id),
+          '--quiet',
+        ],
+        {
+          env: {
+            ...process.env,
+            KUBECONFIG: kubeconfig,
+            POD_NAME: id,
+            TERN_API_TOKEN: 'test-token-0123456789abcdef',
+          },
+          stdio: ['ignore', 'ignore', 'pipe'],
+        },
+      );
+      const s = { id, child, stderr: '' };
+      child.stderr!.on('data', (d: Buffer) => (s.stderr += d.toString()));
+      servers.push(s);
+      return s;
+    };
+    const waitFor = async (what: string, ok: () => boolean, ms: number) => {
+      const deadline = Date.now() + ms;
+      while (!ok()) {
+        assert.ok(
+          Date.now() < deadline,
+          `${what}:\n${servers.map((x) => `${x.id}: ${x.stderr}`).join('\n')}`,
+        );
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    const leads = (s: { stderr: string }) => / leads \(lease tern-system\/tern-reconciler\)/.test(s.stderr);
+    try {
+      const a = startServer('pod-a');
+      const b = startServer('pod-b');
+      await waitFor('no leader', () => leads(a) || leads(b), 120_000);
+      // Both are up (each logs its identity) and exactly one leads.
+      await waitFor(
+        'both up',
+        () => a.stderr.includes('leader election as') && b.stderr.includes('leader election as'),
+        120_000,
+      );
+      await new Promise((r) => setTimeout(r, 1000));
+      const [leader, follower] = leads(a) ? [a, b] : [b, a];
+      assert.equal(leads(follower), false);
+      assert.match(String(await holder('tern-reconciler')), new RegExp(`^${leader.id}_`));
+      const died = Date.now();
+      leader.child.kill('SIGKILL');
+      await waitFor('no takeover', () => leads(follower), 10_000);
+      const ms = Date.now() - died;
+      console.log(`# tern server takeover after SIGKILL of the leader: ${ms} ms (lease 3 s)`);
+      assert.ok(ms >= 2000, `took over before the lease could have expired: ${ms} ms`);
+      assert.match(follower.stderr, new RegExp(`took over the lease from ${leader.id}_`));
+      assert.match(String(await holder('tern-reconciler')), new RegExp(`^${follower.id}_`));
+      // The new leader reconciles.
+      await client.create(TernTypes.restoreAction, {
+        apiVersion: TernTypes.restoreAction.apiVersion,
+        kind: 'RestoreAction',
+        metadata: { name: 'after-takeover', namespace: NS },
+        spec: { restorePoint: 'missing' },
+      });
+      await waitFor(
+        'not reconciled',
+        () => follower.stderr.includes('restore action after-takeover:'),
+        30_000,
+      );
+    } finally {
+      for (const s of servers) s.child.kill('SIGTERM');
+      for (const s of servers)
+        if (s.child.exitCode === null && s.child.signalCode === null)
+          await new Promise((r) => s.child.once('exit', r));
+      fs.rmSync(tmp, { recursive: true, force: true });
     }
   });
 });
