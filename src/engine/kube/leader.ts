@@ -139,7 +139,11 @@ export class LeaderElector {
       if (!this.leading) {
         this.leading = true;
         this.o.log?.(`leader election: ${this.identity} leads (lease ${this.o.namespace}/${this.name})`);
-        await this.o.onStartedLeading?.();
+        try {
+          await this.o.onStartedLeading?.();
+        } catch (err) {
+          this.o.log?.(`leader election: starting work failed: ${describeError(err)}`);
+        }
       }
     } else if (this.leading && now - this.lastRenew >= this.renewDeadlineMs) {
       await this.stepDown('could not renew the lease within the renew deadline');
