@@ -150,6 +150,54 @@ export class ActionRunner {
     return a;
   }
 
+  /**
+   * Records work done outside the queues as an action (DR imports and restores the server runs for a request
+   * or an import policy): Running at once, phases and counters through the context, then Complete, Failed or
+   * Cancelled; `cancel` aborts it like a queued one. One attempt, and `recover` never reruns it (params.external):
+   * whether to redo it is the caller's decision.
+   */
+  async track<T>(spec: NewAction, fn: (ctx: ActionContext) => Promise<T>, signal?: AbortSignal): Promise<T> {
+    const a = this.create({ ...spec, maxAttempts: 1, params: { ...spec.params, external: true } });
+    const ac = new AbortController();
+    const onAbort = (): void => ac.abort(signal?.reason);
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener('abort', onAbort, { once: true });
+    this.controllers.set(a.id, ac);
+    try {
+      this.move(a, 'Running');
+      a.attempt = 1;
+      a.startedAt = this.now();
+      this.save(a);
+      try {
+        const out = await fn(this.context(a, ac.signal));
+        if (ac.signal.aborted) throw ac.signal.reason;
+        this.move(a, 'Complete');
+        a.endedAt = this.now();
+        a.progress = 1;
+        this.save(a);
+        return out;
+      } catch (err) {
+        for (const ph of a.phases) ph.endedAt ??= this.now();
+        if (ac.signal.aborted) {
+          const reason: unknown = ac.signal.reason;
+          this.move(a, 'Cancelled');
+          a.error = errorRecord(
+            reason instanceof CancelledError ? reason : new CancelledError('cancelled', { cause: reason }),
+          );
+        } else {
+          this.move(a, 'Failed');
+          a.error = errorRecord(err);
+        }
+        a.endedAt = this.now();
+        this.save(a);
+        throw err;
+      }
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      this.controllers.delete(a.id);
+    }
+  }
+
   /** Queues an action (and the follow-ons it produces) behind the other work of its app. */
   enqueue(id: string): void {
     if (this.stopped) return;
@@ -234,6 +282,16 @@ export class ActionRunner {
       ascending: true,
       limit: 100_000,
     })) {
+      if (a.params.external === true) {
+        // Tracked work of a process that died: nothing here knows how to redo it.
+        for (const ph of a.phases) ph.endedAt ??= this.now();
+        this.move(a, a.state === 'Pending' ? 'Cancelled' : 'Failed');
+        a.endedAt = this.now();
+        a.error = { code: 'INTERRUPTED', message: 'interrupted by a restart of the engine while running' };
+        this.save(a);
+        failed.push(a.id);
+        continue;
+      }
       if (a.state === 'Running') {
         for (const ph of a.phases) ph.endedAt ??= this.now();
         const reason = new Error('interrupted by a restart of the engine while running');

@@ -74,6 +74,8 @@ export const DrPathReportSchema = z.object({
   path: z.enum(['repository', 'snapshot-copy']),
   location: z.string(),
   restorePoints: z.number().int(),
+  imported: z.number().int(),
+  lastImportAt: z.string().optional(),
   newestConsistentAt: z.string().optional(),
   rpoSeconds: z.number().optional(),
   exportFirstMs: z.number().optional(),

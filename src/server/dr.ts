@@ -29,6 +29,7 @@ import {
   ImportPolicyInputSchema,
   ImportRequestSchema,
 } from './dr-schemas.ts';
+import type { DrMetrics } from './metrics.ts';
 import type { RequestContext, Router, RouteSpec } from './router.ts';
 
 export interface DrRuntimeOptions {
@@ -77,7 +78,22 @@ export class DrRuntime {
       engine: this.o.engine,
       storeOptionsFor: (name) => this.storeOptionsFor(name),
       clock: this.clock,
+      track: (spec, fn, signal) => this.o.engine.runner.track(spec, fn, signal),
     });
+  }
+
+  /**
+   * The site's DR report for /metrics: with the import secret, records waiting at the export locations count
+   * (listing them gets at most `listMs`; past that, or unreachable, the report stands on what was imported).
+   */
+  async metrics(signal?: AbortSignal, listMs = 5_000): Promise<DrMetrics> {
+    if (!this.service)
+      return { site: this.site, report: drReport(await this.state.read(), { clock: this.clock }) };
+    const timeout = AbortSignal.timeout(listMs);
+    return {
+      site: this.site,
+      report: await this.service.report({ signal: signal ? AbortSignal.any([signal, timeout]) : timeout }),
+    };
   }
 
   /** An import policy as shown: without its token, with the stream it imports. */

@@ -19,7 +19,7 @@ export { SERVER_URL_FILE, DEFAULT_LISTEN, API } from './constants.ts';
 export { loadOrCreateToken, tokenFilePath, checkBearer } from './auth.ts';
 export { httpError, codeForStatus } from './errors.ts';
 export { buildOpenApi } from './openapi.ts';
-export { renderMetrics } from './metrics.ts';
+export { renderMetrics, type DrMetrics } from './metrics.ts';
 export { DrRuntime, type DrRuntimeOptions } from './dr.ts';
 
 export interface ServerOptions {
@@ -62,6 +62,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     service: opts.service,
     openStream: (ctx) => http.openStream(ctx),
     version: opts.version ?? '0.1.0',
+    ...(opts.dr ? { drMetrics: (signal: AbortSignal) => opts.dr!.metrics(signal) } : {}),
   });
   if (opts.dr) registerDrRoutes(router, opts.dr);
   registerWebRoutes(router);

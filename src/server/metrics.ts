@@ -2,6 +2,7 @@
  * Prometheus text exposition (format 0.0.4) of the service's metrics snapshot, written by hand: a handful of
  * families, no client library needed.
  */
+import type { AppReport } from '../engine/dr/index.ts';
 import type { MetricsSnapshot } from '../engine/service.ts';
 
 function esc(v: string): string {
@@ -32,7 +33,13 @@ class Exposition {
   }
 }
 
-export function renderMetrics(m: MetricsSnapshot): string {
+/** The DR report of this site, when the server runs DR (families with no samples are left out). */
+export interface DrMetrics {
+  site: string;
+  report: AppReport[];
+}
+
+export function renderMetrics(m: MetricsSnapshot, dr?: DrMetrics): string {
   const e = new Exposition();
   e.family('tern_actions', 'gauge', 'Action runs in the catalog by kind (type) and state.');
   for (const a of m.actions) e.sample('tern_actions', { kind: a.type, state: a.state }, a.count);
@@ -81,5 +88,76 @@ export function renderMetrics(m: MetricsSnapshot): string {
   e.family('tern_policies', 'gauge', 'Policies by status.');
   e.sample('tern_policies', { status: 'active' }, m.policies.total - m.policies.paused);
   e.sample('tern_policies', { status: 'paused' }, m.policies.paused);
+  if (dr) renderDr(e, dr);
   return e.toString();
+}
+
+/**
+ * DR families from the site's report, per app and export path ('repository': datamover, 'snapshot-copy'):
+ * achieved RPO, export durations (first, latest incremental), last restore duration (RTO), 3-2-1, imports.
+ */
+function renderDr(e: Exposition, { site, report }: DrMetrics): void {
+  const paths = report.flatMap((a) => a.paths);
+  const family = (
+    name: string,
+    type: 'gauge' | 'counter',
+    help: string,
+    rows: { l: Record<string, string>; v: number | undefined }[],
+  ): void => {
+    const have = rows.filter((r): r is { l: Record<string, string>; v: number } => r.v !== undefined);
+    if (!have.length) return;
+    e.family(name, type, help);
+    for (const r of have) e.sample(name, r.l, r.v);
+  };
+  family(
+    'tern_dr_rpo_seconds',
+    'gauge',
+    'Achieved RPO at this DR site: now minus consistent-at of the newest importable restore point, per app and path.',
+    paths.map((p) => ({ l: { app: p.app, path: p.path, site }, v: p.rpoSeconds })),
+  );
+  family(
+    'tern_dr_export_duration_seconds',
+    'gauge',
+    'Export duration of the first (full) and the latest incremental restore point, per app and path.',
+    paths.flatMap((p) => [
+      {
+        l: { app: p.app, path: p.path, kind: 'first' },
+        v: p.exportFirstMs === undefined ? undefined : p.exportFirstMs / 1000,
+      },
+      {
+        l: { app: p.app, path: p.path, kind: 'incremental' },
+        v: p.exportIncrementalMs === undefined ? undefined : p.exportIncrementalMs / 1000,
+      },
+    ]),
+  );
+  family(
+    'tern_dr_restore_duration_seconds',
+    'gauge',
+    'Duration of the last restore at this DR site (measured RTO), per app and path.',
+    paths.map((p) => ({
+      l: { app: p.app, path: p.path },
+      v: p.restoreMs === undefined ? undefined : p.restoreMs / 1000,
+    })),
+  );
+  family(
+    'tern_dr_321_ok',
+    'gauge',
+    '1 when the app meets 3-2-1 (3 copies, 2 media, 1 off-site) with its exports, else 0.',
+    report.map((a) => ({ l: { app: a.app }, v: a.rule321.ok ? 1 : 0 })),
+  );
+  family(
+    'tern_dr_imported_restore_points_total',
+    'counter',
+    'Restore points imported at this DR site (including those since dropped by DR-side retention), per app and path.',
+    paths.map((p) => ({ l: { app: p.app, path: p.path }, v: p.imported })),
+  );
+  family(
+    'tern_dr_last_import_timestamp',
+    'gauge',
+    'Unix time of the last import run of the stream at this DR site, per app and path.',
+    paths.map((p) => ({
+      l: { app: p.app, path: p.path },
+      v: p.lastImportAt === undefined ? undefined : Date.parse(p.lastImportAt) / 1000,
+    })),
+  );
 }

@@ -12,7 +12,7 @@ import {
 } from '../core/index.ts';
 import type { TernService } from '../engine/service.ts';
 import { API } from './constants.ts';
-import { renderMetrics } from './metrics.ts';
+import { renderMetrics, type DrMetrics } from './metrics.ts';
 import { buildOpenApi } from './openapi.ts';
 import type { RequestContext, Router, RouteSpec } from './router.ts';
 import {
@@ -29,6 +29,8 @@ export interface RouteDeps {
     closed: Promise<void>;
   };
   version: string;
+  /** DR families for /metrics, when the server runs DR at its site. */
+  drMetrics?: (signal: AbortSignal) => Promise<DrMetrics>;
 }
 
 function queryObject(q: URLSearchParams): Record<string, string> {
@@ -67,9 +69,9 @@ export function registerRoutes(router: Router, deps: RouteDeps): void {
       tag: 'meta',
       responses: { 200: { mediaType: 'text/plain; version=0.0.4' } },
     },
-    handler: async () => ({
+    handler: async (ctx) => ({
       status: 200,
-      body: renderMetrics(await service.metrics()),
+      body: renderMetrics(await service.metrics(), await deps.drMetrics?.(ctx.signal)),
       headers: { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' },
     }),
   });

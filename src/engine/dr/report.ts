@@ -20,6 +20,9 @@ export interface PathReport {
   path: 'repository' | 'snapshot-copy';
   location: string;
   restorePoints: number;
+  /** Restore points imported at this site over the stream's life (held now + dropped by DR-side retention). */
+  imported: number;
+  lastImportAt?: string;
   newestConsistentAt?: string;
   /** now − newest importable restore point's consistent-at, in seconds. */
   rpoSeconds?: number;
@@ -83,6 +86,8 @@ export function drReport(
       path,
       location: s.location.repository,
       restorePoints: rps.length,
+      imported: s.restorePoints.length + s.forgotten.length,
+      ...(s.lastImportAt ? { lastImportAt: s.lastImportAt } : {}),
       ...(newest
         ? {
             newestConsistentAt: newest.consistentAt,

@@ -11,6 +11,7 @@ import type { Platform } from '../../platforms/index.ts';
 import { openStore } from '../../storage/index.ts';
 import type { StoreOptions } from '../../storage/index.ts';
 import type { Engine } from '../engine.ts';
+import type { ActionContext, NewAction } from '../runner.ts';
 import { publishExportDetails } from './engine-publish.ts';
 import type { PublishResult } from './engine-publish.ts';
 import { importRestorePoints } from './import.ts';
@@ -50,6 +51,21 @@ export interface DrServiceOptions {
    */
   storeOptionsFor?: (locationProfile: string) => StoreOptions;
   clock?: Clock;
+  /**
+   * Records imports and restores as actions (the server passes its engine's `runner.track`): they show in
+   * `tern actions` and the event stream. Without it they run unrecorded (CLI without a server).
+   */
+  track?: <T>(spec: NewAction, fn: (ctx: ActionContext) => Promise<T>, signal?: AbortSignal) => Promise<T>;
+}
+
+/** Core progress → action counters. */
+function progressTo(ctx: ActionContext): RunOptions['onProgress'] {
+  return (p) =>
+    ctx.progress({
+      bytesRead: p.bytesRead,
+      bytesTransferred: p.bytesTransferred,
+      ...(p.bytesTotal ? { progress: Math.min(1, p.bytesRead / p.bytesTotal) } : {}),
+    });
 }
 
 export class DrService {
@@ -87,36 +103,107 @@ export class DrService {
     return this.storeOptions(stream.locationProfile);
   }
 
-  /** DR site: import every new restore point named by the token's stream. */
+  /** DR site: import every new restore point named by the token's stream (an `import` action when tracked). */
   import(
     token: string,
-    opts: Omit<ImportOptions, 'state' | 'token' | 'importSecret'> = {},
+    opts: Omit<ImportOptions, 'state' | 'token' | 'importSecret'> & { policy?: string } = {},
   ): Promise<ImportResult> {
-    const storeOptions = opts.storeOptions ?? this.storeOptions(opts.locationProfile);
-    return importRestorePoints({
-      ...opts,
-      ...(storeOptions ? { storeOptions } : {}),
-      state: this.state,
-      token,
-      importSecret: this.o.importSecret,
-      ...(this.o.platform && !opts.platform ? { platform: this.o.platform } : {}),
-      clock: opts.clock ?? this.o.clock ?? systemClock,
-    });
+    const { policy, ...rest } = opts;
+    const run = (o: typeof rest): Promise<ImportResult> => {
+      const storeOptions = o.storeOptions ?? this.storeOptions(o.locationProfile);
+      return importRestorePoints({
+        ...o,
+        ...(storeOptions ? { storeOptions } : {}),
+        state: this.state,
+        token,
+        importSecret: this.o.importSecret,
+        ...(this.o.platform && !o.platform ? { platform: this.o.platform } : {}),
+        clock: o.clock ?? this.o.clock ?? systemClock,
+      });
+    };
+    if (!this.o.track) return run(rest);
+    let stream: { id: string; app: string } | undefined;
+    try {
+      const d = readStreamDetails(token, this.o.importSecret);
+      stream = { id: d.stream.id, app: d.payload.source.app };
+    } catch {
+      // A bad token fails inside the import, recorded on the action.
+    }
+    return this.o.track(
+      {
+        type: 'import',
+        ...(stream ? { app: stream.app } : {}),
+        ...(policy ? { policy } : {}),
+        params: { ...(stream ? { stream: stream.id } : {}), site: this.o.site },
+      },
+      async (ctx) => {
+        const r = await ctx.phase('import', () =>
+          run({ ...rest, signal: ctx.signal, onProgress: progressTo(ctx) }),
+        );
+        ctx.update({
+          ...(r.imported.length ? { restorePoint: r.imported.at(-1) } : {}),
+          params: {
+            stream: r.stream,
+            imported: r.imported.length,
+            alreadyImported: r.alreadyImported,
+            missing: r.missing.length,
+            rejected: r.rejected.length,
+            forgotten: r.forgotten.length,
+            ...(r.standby ? { standby: r.standby.restorePoint } : {}),
+          },
+        });
+        return r;
+      },
+      rest.signal,
+    );
   }
 
+  /** DR site: restore an app from an imported restore point (a `restore` action when tracked). */
   restore(
     app: string,
     opts: Omit<RestoreOptions, 'state' | 'app' | 'importSecret'> = {},
   ): Promise<RestoreResult> {
-    return restoreAtDr({
-      storeOptions: (stream) => this.streamStoreOptions(stream),
-      ...opts,
-      state: this.state,
-      app,
-      importSecret: this.o.importSecret,
-      ...(this.o.platform && !opts.platform ? { platform: this.o.platform } : {}),
-      clock: opts.clock ?? this.o.clock ?? systemClock,
-    });
+    const run = (o: typeof opts): Promise<RestoreResult> =>
+      restoreAtDr({
+        storeOptions: (stream) => this.streamStoreOptions(stream),
+        ...o,
+        state: this.state,
+        app,
+        importSecret: this.o.importSecret,
+        ...(this.o.platform && !o.platform ? { platform: this.o.platform } : {}),
+        clock: o.clock ?? this.o.clock ?? systemClock,
+      });
+    if (!this.o.track) return run(opts);
+    return this.o.track(
+      {
+        type: 'restore',
+        app,
+        ...(opts.restorePoint ? { restorePoint: opts.restorePoint } : {}),
+        params: {
+          dr: true,
+          site: this.o.site,
+          path: opts.path ?? 'auto',
+          ...(opts.region ? { region: opts.region } : {}),
+        },
+      },
+      async (ctx) => {
+        const r = await ctx.phase('restore', () =>
+          run({ ...opts, signal: ctx.signal, onProgress: progressTo(ctx) }),
+        );
+        ctx.progress({ bytesTransferred: r.bytesTransferred });
+        ctx.update({
+          restorePoint: r.restorePoint,
+          params: {
+            stream: r.stream,
+            path: r.path,
+            durationMs: r.durationMs,
+            volumes: r.volumes.map((v) => ({ volume: v.volume, restoredAs: v.restoredAs, region: v.region })),
+          },
+        });
+        return r;
+      },
+      opts.signal,
+    );
   }
 
   // ---- import policies: scheduled imports (catch-up, retention, warm standby) ----
@@ -151,6 +238,7 @@ export class DrService {
     try {
       const r = await this.import(p.token, {
         ...opts,
+        policy: p.name,
         ...(p.keepLast ? { keepLast: p.keepLast } : {}),
         ...(p.locationProfile ? { locationProfile: p.locationProfile } : {}),
         restoreAfterImport: p.restoreAfterImport,
