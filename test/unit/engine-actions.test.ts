@@ -283,3 +283,87 @@ test('actions of different apps share a concurrency limit; a backoff frees its s
   for (const id of [a.id, b.id, f.id]) assert.equal(state(catalog, id), 'Complete');
   catalog.close();
 });
+
+test('track: work run outside the queues is an action (phases, counters, errors, cancel); recovery never reruns it', async () => {
+  let handlerRuns = 0;
+  const { catalog, runner, events, file } = setup({
+    restore: () => Promise.resolve(void handlerRuns++),
+  });
+  const out = await runner.track({ type: 'import', app: 'shop', params: { stream: 's1' } }, async (ctx) => {
+    await ctx.phase('import', async () => ctx.progress({ bytesRead: 10, bytesTransferred: 5 }));
+    ctx.update({ restorePoint: 'rp-2', params: { imported: 2 } });
+    return 'ok';
+  });
+  assert.equal(out, 'ok');
+  const [done] = catalog.listActions({ type: 'import' });
+  assert.ok(done);
+  assert.equal(done.state, 'Complete');
+  assert.equal(done.restorePoint, 'rp-2');
+  assert.deepEqual(done.params, { stream: 's1', external: true, imported: 2 });
+  assert.deepEqual(
+    done.phases.map((p) => [p.name, typeof p.endedAt]),
+    [['import', 'string']],
+  );
+  assert.equal(done.bytesTransferred, 5);
+  assert.deepEqual(
+    [...new Set(events.filter((e) => e.id === done.id).map((e) => e.state))],
+    ['Pending', 'Running', 'Complete'],
+  );
+
+  // An error reaches the caller and is recorded: one attempt, no retry.
+  await assert.rejects(
+    runner.track({ type: 'import', app: 'shop' }, () => Promise.reject(new StorageError('vault gone'))),
+    /vault gone/,
+  );
+  const failed = catalog.listActions({ type: 'import', state: 'Failed' })[0];
+  assert.equal(failed?.attempt, 1);
+  assert.equal(failed?.error?.message, 'vault gone');
+
+  // `tern actions cancel` aborts it like a queued action; so does the caller's signal.
+  const started = runner.track({ type: 'restore', app: 'shop' }, (ctx) =>
+    ctx.phase(
+      'restore',
+      () =>
+        new Promise((_r, reject) =>
+          ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason as Error)),
+        ),
+    ),
+  );
+  const running = catalog.listActions({ type: 'restore', state: 'Running' })[0];
+  assert.ok(running);
+  runner.cancel(running.id);
+  await assert.rejects(started);
+  assert.equal(state(catalog, running.id), 'Cancelled');
+  const ac = new AbortController();
+  const aborted = runner.track(
+    { type: 'restore', app: 'shop' },
+    (ctx) =>
+      new Promise((_r, reject) =>
+        ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason as Error)),
+      ),
+    ac.signal,
+  );
+  ac.abort(new Error('client went away'));
+  await assert.rejects(aborted);
+  assert.equal(catalog.listActions({ type: 'restore', state: 'Cancelled' }).length, 2);
+
+  // A killed process leaves one Running: the next start fails it, and no handler runs it.
+  void runner.track({ type: 'restore', app: 'shop' }, () => new Promise(() => {}));
+  const left = catalog.listActions({ type: 'restore', state: 'Running' })[0];
+  assert.ok(left);
+  catalog.close();
+  const catalog2 = Catalog.open(file, { env: {} });
+  const second = new ActionRunner({
+    catalog: catalog2,
+    clock: new ManualClock(Date.UTC(2026, 0, 2)),
+    handlers: { restore: () => Promise.resolve(void handlerRuns++) },
+  });
+  const r = second.recover();
+  assert.deepEqual(r, { resumed: [], failed: [left.id] });
+  await second.idle();
+  const after = catalog2.getAction(left.id);
+  assert.equal(after.state, 'Failed');
+  assert.equal(after.error?.code, 'INTERRUPTED');
+  assert.equal(handlerRuns, 0);
+  catalog2.close();
+});
