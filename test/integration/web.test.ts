@@ -18,7 +18,15 @@ import type { ActionRun } from '../../src/core/index.ts';
 import { startTernServer, type TernServerProcess } from '../harness/tern-server.ts';
 
 const CHROMIUM = process.env.TERN_CHROMIUM ?? '/usr/bin/chromium';
-const skip = fs.existsSync(CHROMIUM)
+function executable(file: string): boolean {
+  try {
+    fs.accessSync(file, fs.constants.X_OK);
+    return fs.statSync(file).isFile();
+  } catch {
+    return false;
+  }
+}
+const skip = executable(CHROMIUM)
   ? false
   : `no Chromium at ${CHROMIUM} (scripts/peers.d/40-chromium.sh installs Debian chromium)`;
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
@@ -65,14 +73,17 @@ describe('web dashboard in Chromium', { skip, timeout: 180_000 }, () => {
     return page;
   };
 
+  // node:test still runs the hooks of a skipped suite: start nothing then.
   before(async () => {
+    if (skip) return;
     work = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-web-test-'));
     const region = path.join(work, 'east');
     fs.mkdirSync(path.join(region, 'volumes'), { recursive: true });
     fs.writeFileSync(path.join(region, 'volumes', 'data'), crypto.randomBytes(2 << 20));
     fs.mkdirSync(path.join(work, 'repo'));
     let t0 = Date.now();
-    [server, browser] = await Promise.all([
+    // Both at once; whichever started is kept so that `after` stops it if the other failed.
+    const [started, launched] = await Promise.allSettled([
       startTernServer(path.join(work, 'data'), {
         env: { TERN_SITE: 'east', TERN_IMPORT_SECRET: IMPORT_SECRET, TERN_DR_INTERVAL: '0', TERN_SERVER: '' },
       }),
@@ -87,6 +98,10 @@ describe('web dashboard in Chromium', { skip, timeout: 180_000 }, () => {
         ],
       }),
     ]);
+    if (started.status === 'fulfilled') server = started.value;
+    if (launched.status === 'fulfilled') browser = launched.value;
+    if (started.status === 'rejected') throw started.reason;
+    if (launched.status === 'rejected') throw launched.reason;
     timings.serverAndBrowserStartMs = Date.now() - t0;
     await api('POST', '/v1/profiles', {
       name: 'local',
@@ -135,6 +150,7 @@ describe('web dashboard in Chromium', { skip, timeout: 180_000 }, () => {
   });
 
   after(async () => {
+    if (skip) return;
     await browser?.close();
     const code = await server?.stop();
     if (code !== 0 && code !== null) process.stderr.write(`server log:\n${server.log()}\n`);
