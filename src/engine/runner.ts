@@ -178,7 +178,11 @@ export class ActionRunner {
         return out;
       } catch (err) {
         for (const ph of a.phases) ph.endedAt ??= this.now();
-        if (ac.signal.aborted) {
+        if (ac.signal.aborted && ac.signal.reason instanceof ShutdownError) {
+          // Not resumable (see recover): the engine stopping ends it as failed, interrupted.
+          this.move(a, 'Failed');
+          a.error = { code: 'INTERRUPTED', message: ac.signal.reason.message };
+        } else if (ac.signal.aborted) {
           const reason: unknown = ac.signal.reason;
           this.move(a, 'Cancelled');
           a.error = errorRecord(

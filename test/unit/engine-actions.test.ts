@@ -367,3 +367,23 @@ test('track: work run outside the queues is an action (phases, counters, errors,
   assert.equal(handlerRuns, 0);
   catalog2.close();
 });
+
+test('track: the engine stopping ends tracked work as Failed (INTERRUPTED), not resumable', async () => {
+  const { catalog, runner } = setup({});
+  const work = runner.track({ type: 'import', app: 'shop' }, (ctx) =>
+    ctx.phase(
+      'import',
+      () =>
+        new Promise((_r, reject) =>
+          ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason as Error)),
+        ),
+    ),
+  );
+  await runner.shutdown();
+  await assert.rejects(work, /engine stopped/);
+  const [a] = catalog.listActions({ type: 'import' });
+  assert.equal(a?.state, 'Failed');
+  assert.equal(a?.error?.code, 'INTERRUPTED');
+  assert.equal(typeof a?.phases[0]?.endedAt, 'string');
+  catalog.close();
+});
