@@ -53,32 +53,46 @@ function describe(err) {
   return String(err);
 }
 
-async function loadDr(signal) {
+/** The DR report, or why there is none (a server without DR routes answers 404). */
+async function fetchDr(signal) {
   try {
-    state.dr = await api.get('/v1/dr/report?refresh=false', signal);
-    state.drError = undefined;
+    return { dr: await api.get('/v1/dr/report?refresh=false', signal), drError: undefined };
   } catch (err) {
-    if (err instanceof ApiError && err.status === 404) {
-      state.dr = undefined;
-      state.drError = 'This server has no DR routes.';
-    } else if (err instanceof ApiError) state.drError = `DR report unavailable: ${describe(err)}`;
-    else throw err;
+    if (err instanceof ApiError && err.status === 404)
+      return { dr: undefined, drError: 'This server has no DR routes.' };
+    if (err instanceof ApiError) return { dr: undefined, drError: `DR report unavailable: ${describe(err)}` };
+    throw err;
   }
 }
 
+let loadSeq = 0;
+/** Action events that arrived while a load was in flight, per load (its list may predate them). */
+const eventsDuringLoad = new Set();
+
 /** Loads everything; throws on the first failure of the core lists (auth errors included). */
 async function loadAll(signal) {
-  const [apps, policies, points, actions] = await Promise.all([
-    api.get('/v1/apps', signal),
-    api.get('/v1/policies', signal),
-    api.get('/v1/restorepoints', signal),
-    api.get('/v1/actions?limit=100', signal),
-    loadDr(signal),
-  ]);
-  state.apps = apps;
-  state.policies = policies;
-  state.points = points;
-  state.actions = new Map(actions.map((a) => [a.id, a]));
+  const seq = ++loadSeq;
+  const live = new Map();
+  eventsDuringLoad.add(live);
+  try {
+    const [apps, policies, points, actions, dr] = await Promise.all([
+      api.get('/v1/apps', signal),
+      api.get('/v1/policies', signal),
+      api.get('/v1/restorepoints', signal),
+      api.get('/v1/actions?limit=100', signal),
+      fetchDr(signal),
+    ]);
+    // Loads can overlap (refresh button, reload after an action ended): only the newest one's answers count.
+    if (seq !== loadSeq) return;
+    state.apps = apps;
+    state.policies = policies;
+    state.points = points;
+    state.actions = new Map([...actions.map((a) => [a.id, a]), ...live]);
+    state.dr = dr.dr;
+    state.drError = dr.drError;
+  } finally {
+    eventsDuringLoad.delete(live);
+  }
   setText('updated', `updated ${new Date().toLocaleTimeString()}`);
   render();
 }
@@ -114,6 +128,7 @@ async function follow(signal) {
             const a = /** @type {any} */ (data);
             const before = state.actions.get(a.id);
             state.actions.set(a.id, a);
+            for (const m of eventsDuringLoad) m.set(a.id, a);
             render();
             if (!isActive(a.state) && (!before || isActive(before.state))) scheduleReload();
           },
