@@ -133,7 +133,15 @@ describe('Azure platform (compute emulator + Azurite, real SDK)', () => {
       c2.bytesTransferred <= c1.bytesTransferred * 0.05,
       `incremental moved ${c2.bytesTransferred} of ${c1.bytesTransferred}`,
     );
-    assert.equal(c2.bytesTransferred, covered);
+    // Nearby changed ranges are read as one piece (gaps under 64 KiB joined): the count is what was read.
+    assert.ok(
+      c2.bytesTransferred >= covered && c2.bytesTransferred <= covered * 1.5,
+      `incremental reported ${c2.bytesTransferred} for ${covered} changed`,
+    );
+    assert.ok(
+      frontOut >= c2.bytesTransferred && frontOut <= c2.bytesTransferred + (256 << 10),
+      `reported ${c2.bytesTransferred}, read through the blob front ${frontOut}`,
+    );
     const v2 = await sb.emulator.readDisk(east, 'db');
     assert.ok(
       (await readViaSas(c2.snapshot)).equals(v2),

@@ -47,7 +47,7 @@ import type { ClientSecretTokenCredential } from './client.ts';
 import { createComputeClient } from './client.ts';
 import { blobEndpointFor, locationProblems, normRegion, parseAzureConfig } from './config.ts';
 import type { AzureTarget, ParsedAzureConfig, StorageAccountFacts } from './config.ts';
-import { clipRanges, mergeRanges, splitRanges, totalBytes } from './ranges.ts';
+import { clipRanges, coalesceRanges, mergeRanges, splitRanges, totalBytes } from './ranges.ts';
 import type { Range } from './ranges.ts';
 
 export const VHD_CONTAINER = 'vhdcontainers';
@@ -56,6 +56,10 @@ const TAG_VOLUME_ID = 'tern-volume-id';
 const TAG_SOURCE = 'tern-source';
 const TAG_PARENT = 'tern-parent';
 const PIECE = 4 << 20;
+/** Changed ranges closer than this are read and written as one piece (the gap is counted as moved). */
+const GAP = 64 << 10;
+/** Ranged reads / page writes in flight during an incremental copy (config `concurrency` overrides). */
+const IN_FLIGHT = 8;
 const SNAPSHOT_ROLE = 'Disk Snapshot Contributor';
 
 interface ResourceName {
@@ -146,6 +150,7 @@ class Access {
   readonly rg: string;
   readonly name: string;
   grants = 0;
+  private regranting: Promise<string> | undefined;
   constructor(p: AzurePlatform, rg: string, name: string) {
     this.p = p;
     this.rg = rg;
@@ -159,14 +164,23 @@ class Access {
   blob(): PageBlobClient {
     return sasBlob(this.url);
   }
-  /** Runs `fn` with the current SAS; a refused SAS is re-granted (up to 3 times) and `fn` runs again. */
+  /**
+   * Runs `fn` with the current SAS; a refused SAS is re-granted (up to 3 times) and `fn` runs again. Concurrent
+   * callers refused at once share one re-grant; one that failed on an already replaced SAS just retries.
+   */
   async use<T>(fn: (url: string) => Promise<T>, signal?: AbortSignal): Promise<T> {
     for (let attempt = 0; ; attempt++) {
+      const url = this.url;
       try {
-        return await fn(this.url);
+        return await fn(url);
       } catch (err) {
         if (isAbort(err, signal) || !isSasRefusal(err) || attempt >= 3) throw err;
-        await this.grant(signal);
+        if (this.url === url) {
+          this.regranting ??= this.grant(signal).finally(() => {
+            this.regranting = undefined;
+          });
+          await this.regranting;
+        }
       }
     }
   }
@@ -667,7 +681,7 @@ export class AzurePlatform implements Platform {
       if (prev && d) {
         const prevAccess = new Access(this, prev.rg, prev.name);
         extra.push(prevAccess);
-        const toMove = totalBytes(d.changed);
+        const toMove = totalBytes(coalesceRanges(d.changed, GAP, PIECE));
         progress({ phase: 'clone', bytesRead: 0, bytesTotal: toMove, bytesTransferred: 0 });
         // Inside the DR region: the previous copy becomes the starting VHD (server-side, no cross-region bytes).
         await prevAccess.grant(signal);
@@ -675,7 +689,7 @@ export class AzurePlatform implements Platform {
         await prevAccess.revoke();
         const prevSize = prev.snap.diskSizeBytes ?? 0;
         if (prevSize !== size) await vhd.resize(size, { ...(signal ? { abortSignal: signal } : {}) });
-        moved = await this.copyPieces(srcAccess, vhd, d.changed, toMove, opts);
+        moved = await this.copyPieces(srcAccess, vhd, d.changed, opts);
         for (const c of splitRanges(d.cleared, PIECE)) await vhd.clearPages(c.offset, c.length);
         incremental = true;
       } else {
@@ -787,36 +801,56 @@ export class AzurePlatform implements Platform {
     }, signal);
   }
 
-  /** Reads `ranges` from the source SAS and writes them into `dest` at the same offsets, a few at a time. */
+  /**
+   * Reads `ranges` from the source SAS and writes them into `dest` at the same offsets: nearby ranges coalesced
+   * (gaps under GAP joined, pieces of at most 4 MiB, the Put Page maximum), several pieces in flight. Returns
+   * the bytes actually read from the source region (the pieces, gaps included).
+   */
   private async copyPieces(
     src: Access,
     dest: PageBlobClient,
     ranges: Range[],
-    total: number,
     opts: RunOptions,
   ): Promise<number> {
-    const pieces = splitRanges(ranges, PIECE);
+    const pieces = coalesceRanges(ranges, GAP, PIECE);
+    const total = totalBytes(pieces);
+    const abort = opts.signal ? { abortSignal: opts.signal } : {};
+    // One client per SAS (a new client per request builds a new pipeline for every piece).
+    const readers = new Map<string, PageBlobClient>();
+    const reader = (u: string) => {
+      let c = readers.get(u);
+      if (!c) readers.set(u, (c = sasBlob(u)));
+      return c;
+    };
     let next = 0;
     let done = 0;
+    opts.onProgress?.({ phase: 'copy', bytesRead: 0, bytesTotal: total, bytesTransferred: 0 });
     const worker = async () => {
-      while (next < pieces.length) {
-        throwIfAborted(opts.signal);
-        const p = pieces[next++]!;
-        const data = await src.use(
-          (u) =>
-            sasBlob(u).downloadToBuffer(p.offset, p.length, {
-              ...(opts.signal ? { abortSignal: opts.signal } : {}),
-            }),
-          opts.signal,
-        );
-        await dest.uploadPages(data, p.offset, p.length, {
-          ...(opts.signal ? { abortSignal: opts.signal } : {}),
-        });
-        done += p.length;
-        opts.onProgress?.({ phase: 'copy', bytesRead: done, bytesTotal: total, bytesTransferred: done });
+      try {
+        while (next < pieces.length) {
+          throwIfAborted(opts.signal);
+          const p = pieces[next++]!;
+          const data = await src.use(
+            (u) => reader(u).downloadToBuffer(p.offset, p.length, abort),
+            opts.signal,
+          );
+          if (data.length !== p.length)
+            throw new Error(`short read at ${p.offset}: ${data.length} of ${p.length} bytes`);
+          await dest.uploadPages(data, p.offset, p.length, abort);
+          done += p.length;
+          opts.onProgress?.({ phase: 'copy', bytesRead: done, bytesTotal: total, bytesTransferred: done });
+        }
+      } catch (err) {
+        next = pieces.length; // the other workers stop after their current piece
+        throw err;
       }
     };
-    await Promise.all(Array.from({ length: Math.min(this.config.concurrency ?? 4, pieces.length) }, worker));
+    const n = Math.min(this.config.concurrency ?? IN_FLIGHT, pieces.length);
+    // Settled, not all: nothing may still be writing into `dest` once this returns (the caller deletes it).
+    const failed = (await Promise.allSettled(Array.from({ length: n }, worker))).find(
+      (r) => r.status === 'rejected',
+    );
+    if (failed) throw failed.reason;
     return done;
   }
 

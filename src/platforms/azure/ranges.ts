@@ -48,3 +48,21 @@ export function clipRanges(ranges: readonly Range[], size: number): Range[] {
   }
   return out;
 }
+
+/**
+ * Sorted pieces covering `ranges` for bulk transfer: ranges closer than `gap` bytes are joined (the gap is read
+ * and written too: one request instead of two), no piece longer than `max` bytes (a long range is split).
+ */
+export function coalesceRanges(ranges: readonly Range[], gap: number, max: number): Range[] {
+  const out: Range[] = [];
+  for (const r of mergeRanges(ranges)) {
+    const last = out[out.length - 1];
+    const end = r.offset + r.length;
+    if (last && r.offset - (last.offset + last.length) < gap && end - last.offset <= max) {
+      last.length = end - last.offset;
+      continue;
+    }
+    for (let o = r.offset; o < end; o += max) out.push({ offset: o, length: Math.min(max, end - o) });
+  }
+  return out;
+}

@@ -100,6 +100,8 @@ export async function startAzureSandbox(opts: AzureSandboxOptions = {}): Promise
         '--loose',
         '--skipApiVersionCheck',
         '--silent',
+        // Azurite 3.35 collects and sends telemetry for every request by default (CPU on a busy machine).
+        '--disableTelemetry',
       ],
       {
         env: { ...process.env, AZURITE_ACCOUNTS: accounts.map((a) => `${a.name}:${a.key}`).join(';') },
