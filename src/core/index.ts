@@ -4,3 +4,4 @@ export * from './progress.ts';
 export * from './units.ts';
 export * from './export-details.ts';
 export * from './model.ts';
+export * from './retention.ts';

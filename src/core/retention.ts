@@ -3,7 +3,7 @@
  * period rule keeps the newest point of each of the n most recent periods (UTC hours, days, ISO weeks, months,
  * years) that have one. Pure: the engine decides what "removing" means per tier.
  */
-import type { Retention } from '../core/model.ts';
+import type { Retention } from './model.ts';
 
 export type Period = 'hourly' | 'daily' | 'weekly' | 'monthly' | 'yearly';
 const PERIODS: Period[] = ['hourly', 'daily', 'weekly', 'monthly', 'yearly'];

@@ -13,7 +13,7 @@ import type { Platform, SnapshotRef, VolumeRef } from '../platforms/index.ts';
 import { openRepository, restoreFromRepository } from './datamover.ts';
 import type { Engine } from './engine.ts';
 import type { ExportContext } from './exporter.ts';
-import { selectRetention } from './retention.ts';
+import { selectRetention } from '../core/retention.ts';
 import type { ActionHandler } from './runner.ts';
 import type { RestorePlan, RestoreRequest } from './service.ts';
 

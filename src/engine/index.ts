@@ -14,7 +14,7 @@ export {
   type ExpireContext,
 } from './exporter.ts';
 export { datamoverExporter, openRepository, repositoryUrl, storeOptions } from './datamover.ts';
-export { selectRetention, periodKey } from './retention.ts';
+export { selectRetention, periodKey } from '../core/retention.ts';
 export { Scheduler, nextCronTime, latestDue } from './scheduler.ts';
 export {
   ActionRunner,

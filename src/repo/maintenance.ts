@@ -1,6 +1,6 @@
 /** Retention (forget), garbage collection (prune), verification and statistics. */
 import type { RunOptions, TernError } from '../core/index.ts';
-import { IntegrityError, throwIfAborted } from '../core/index.ts';
+import { IntegrityError, selectRetention, throwIfAborted } from '../core/index.ts';
 import type { BlobId, SnapshotManifest } from './api.ts';
 import { decodePackHeader, packKey, type IndexPack, type PackBlob } from './format.ts';
 import { RepoLock } from './lock.ts';
@@ -20,35 +20,11 @@ export interface KeepPolicy {
   tags?: string[];
 }
 
-function bucket(d: Date, kind: 'hourly' | 'daily' | 'weekly' | 'monthly' | 'yearly'): string {
-  const y = d.getUTCFullYear();
-  const m = d.getUTCMonth() + 1;
-  const day = d.getUTCDate();
-  switch (kind) {
-    case 'hourly':
-      return `${y}-${m}-${day}-${d.getUTCHours()}`;
-    case 'daily':
-      return `${y}-${m}-${day}`;
-    case 'monthly':
-      return `${y}-${m}`;
-    case 'yearly':
-      return `${y}`;
-    case 'weekly': {
-      // ISO week: Thursday decides the year.
-      const t = new Date(Date.UTC(y, d.getUTCMonth(), day));
-      const dow = t.getUTCDay() || 7;
-      t.setUTCDate(t.getUTCDate() + 4 - dow);
-      const ys = new Date(Date.UTC(t.getUTCFullYear(), 0, 1));
-      const week = Math.ceil(((t.getTime() - ys.getTime()) / 86400000 + 1) / 7);
-      return `${t.getUTCFullYear()}-W${week}`;
-    }
-  }
-}
-
 /**
- * restic semantics: snapshots newest first; keep-last keeps the n newest; each keep-<period> keeps the newest
- * snapshot of each of the n most recent periods that have one. Snapshots are grouped by host + paths.
- * Snapshots without every tag in `tags` are neither kept nor removed.
+ * restic semantics (the GFS rules are `selectRetention` in core, shared with the engine): snapshots newest
+ * first; keep-last keeps the n newest; each keep-<period> keeps the newest snapshot of each of the n most recent
+ * periods that have one. Snapshots are grouped by host + paths. Snapshots without every tag in `tags` are neither
+ * kept nor removed.
  */
 export function applyRetention(
   snaps: SnapshotManifest[],
@@ -65,40 +41,24 @@ export function applyRetention(
     arr.push(s);
     groups.set(g, arr);
   }
-  const anyRule = [p.last, p.hourly, p.daily, p.weekly, p.monthly, p.yearly].some(
-    (v) => v !== undefined && v > 0,
-  );
+  const rules = {
+    latest: p.last ?? 0,
+    hourly: p.hourly ?? 0,
+    daily: p.daily ?? 0,
+    weekly: p.weekly ?? 0,
+    monthly: p.monthly ?? 0,
+    yearly: p.yearly ?? 0,
+  };
   for (const list of groups.values()) {
-    list.sort((a, b) => b.time.localeCompare(a.time));
-    if (!anyRule) {
-      keep.push(...list);
-      continue;
-    }
-    const rules: { name: string; n: number; key: (d: Date, i: number) => string }[] = [];
-    if (p.last) rules.push({ name: 'last', n: p.last, key: (_d, i) => String(i) });
-    for (const k of ['hourly', 'daily', 'weekly', 'monthly', 'yearly'] as const) {
-      const n = p[k];
-      if (n) rules.push({ name: k, n, key: (d) => bucket(d, k) });
-    }
-    const state = rules.map(() => ({ left: 0, lastKey: '' }));
-    rules.forEach((r, j) => (state[j]!.left = r.n));
-    list.forEach((s, i) => {
-      const d = new Date(s.time);
-      const why: string[] = [];
-      rules.forEach((r, j) => {
-        const st = state[j]!;
-        const key = r.key(d, i);
-        if (st.left > 0 && key !== st.lastKey) {
-          st.left--;
-          st.lastKey = key;
-          why.push(r.name);
-        }
-      });
-      if (why.length) {
-        keep.push(s);
-        reasons.set(s.id, why);
-      } else remove.push(s);
-    });
+    const d = selectRetention(list, rules);
+    keep.push(...d.keep);
+    remove.push(...d.remove);
+    // The CLI's flag is --keep-last: name the reason after it.
+    for (const [id, why] of d.reasons)
+      reasons.set(
+        id,
+        why.map((w) => (w === 'latest' ? 'last' : w)),
+      );
   }
   return { keep, remove, reasons };
 }

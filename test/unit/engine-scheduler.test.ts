@@ -8,7 +8,7 @@ import { Catalog } from '../../src/catalog/index.ts';
 import { ManualClock } from '../../src/core/index.ts';
 import { PolicySchema, RetentionSchema, type Policy } from '../../src/core/model.ts';
 import { Scheduler } from '../../src/engine/scheduler.ts';
-import { selectRetention } from '../../src/engine/retention.ts';
+import { selectRetention } from '../../src/core/retention.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-sched-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));

@@ -26,7 +26,7 @@ import {
   type KubeObject,
   type VolumeRecord,
 } from '../../platforms/kubernetes/index.ts';
-import { selectRetention } from '../retention.ts';
+import { selectRetention } from '../../core/retention.ts';
 import { latestDue, nextCronTime } from '../scheduler.ts';
 import { TernTypes, openProfileRepository } from './reconciler.ts';
 
