@@ -105,6 +105,9 @@ export class Repository implements BlobReader {
   private readonly key: MasterKey;
   private poolInstance: CryptoPool | undefined;
   private readonly workers: number | undefined;
+  /** loadMany's recycled RUN_BUF read and plaintext buffers (at most RUNS_IN_FLIGHT of each kept). */
+  private readonly freeRunRead: ArrayBuffer[] = [];
+  private readonly freeRunPlain: ArrayBuffer[] = [];
 
   private constructor(
     store: ObjectStore,
@@ -312,9 +315,10 @@ export class Repository implements BlobReader {
           blobs: [it],
         });
     }
-    // Read and plaintext buffers of RUN_BUF bytes go round (main → worker → main) instead of being garbage.
-    const freeRead: ArrayBuffer[] = [];
-    const freePlain: ArrayBuffer[] = [];
+    // Read and plaintext buffers of RUN_BUF bytes go round (main → worker → main) instead of being garbage,
+    // kept by the repository across calls: a tree restore calls loadMany once per batch of small files.
+    const freeRead = this.freeRunRead;
+    const freePlain = this.freeRunPlain;
     const getRangeInto = this.store.getRangeInto?.bind(this.store);
     await mapLimit(runs, RUNS_IN_FLIGHT, async (run) => {
       throwIfAborted(opts.signal);
@@ -370,8 +374,8 @@ export class Repository implements BlobReader {
           return p;
         }),
       );
-      if (r.buf?.byteLength === RUN_BUF) freeRead.push(r.buf);
-      if (r.plain!.byteLength === RUN_BUF) freePlain.push(r.plain!);
+      if (r.buf?.byteLength === RUN_BUF && freeRead.length < RUNS_IN_FLIGHT) freeRead.push(r.buf);
+      if (r.plain!.byteLength === RUN_BUF && freePlain.length < RUNS_IN_FLIGHT) freePlain.push(r.plain!);
     });
   }
 

@@ -85,6 +85,8 @@ function zeroRuns(buf: Buffer, end: number, fileOffset: number): [number, number
   return runs;
 }
 const MAX_WARNINGS = 1000;
+/** Subdirectories of one directory walked at once (see backupDir). */
+const SUBDIRS_AT_ONCE = 4;
 
 interface FileContent {
   size: number;
@@ -267,8 +269,14 @@ class TreeBackup {
   ): Promise<BlobId> {
     throwIfAborted(this.signal);
     let names: string[];
+    /** Entries the listing says are directories (d_type; unknown types count as not). */
+    const dirNames = new Set<string>();
     try {
-      names = fsSync.readdirSync(abs);
+      const dirents = fsSync.readdirSync(abs, { withFileTypes: true });
+      names = dirents.map((d) => {
+        if (d.isDirectory()) dirNames.add(d.name);
+        return d.name;
+      });
     } catch (err) {
       if (isRoot) throw fsError(err, `listing ${abs}`);
       const code = errnoOf(err);
@@ -283,9 +291,26 @@ class TreeBackup {
     const parentNodes = new Map<string, TreeNode>();
     for (const n of parent?.nodes ?? []) parentNodes.set(n.name, n);
     const tasks: Promise<TreeNode | undefined>[] = [];
+    // Subdirectories of one directory are walked SUBDIRS_AT_ONCE at a time: a walk that entered every
+    // directory at once would interleave all of them, keeping the nodes of nearly the whole tree in memory
+    // (a directory's nodes are freed when its tree blob is saved) and scattering each directory's blobs
+    // over the packs, which a restore then reads back in many small pieces.
+    const subdirSem = new Semaphore(SUBDIRS_AT_ONCE);
     for (const name of names) {
       const childRel = rel === '' ? name : `${rel}/${name}`;
       if (!this.excludes.empty && this.excludes.excludes(childRel, name)) continue;
+      if (dirNames.has(name)) {
+        const childAbs = path.join(abs, name);
+        const parentNode = parentNodes.get(name);
+        tasks.push(
+          subdirSem.run(async () => {
+            throwIfAborted(this.signal);
+            await this.entrySem.acquire();
+            return this.backupEntry(childAbs, childRel, name, parentNode);
+          }),
+        );
+        continue;
+      }
       // Take the slot before starting the entry, so a huge directory does not queue all its entries at once.
       await this.entrySem.acquire();
       if (this.signal.aborted) {

@@ -72,7 +72,15 @@ function tempName(): string {
  * are scattered over the packs, but a batch reads each pack region once. The walk waits while more than two
  * batches are pending, so a huge tree is not held in memory at once.
  */
-const QUEUE_FILES = 16384;
+const QUEUE_FILES = 4096;
+/** Most small files queued or being restored; a directory listing waits while more are pending. */
+const PENDING_FILES = 2 * QUEUE_FILES;
+/**
+ * Directory listings loaded but not yet queued: the check against PENDING_FILES and the queueing of a
+ * directory's files are separated by the listing's load, so without this every waiting directory would pass
+ * the check at once and queue its files (the whole tree in memory).
+ */
+const DIRS_LOADING = 8;
 
 function timesOf(node: TreeNode): number {
   // Node's utimes takes seconds as a double and libuv truncates them to whole microseconds. A double near
@@ -96,6 +104,9 @@ class TreeRestore {
   private smallChain: Promise<void> = Promise.resolve();
   /** Files queued or in a batch being restored. */
   private smallPending = 0;
+  /** Directories between passing the PENDING_FILES check and queueing their files; walkers waiting for a turn. */
+  private dirsLoading = 0;
+  private walkWaiters: (() => void)[] = [];
   /** Directories whose metadata is applied at the end, children first. */
   private readonly dirMeta: { node: TreeNode; abs: string }[] = [];
   private readonly hardLinks = new Map<string, Promise<string>>();
@@ -212,6 +223,7 @@ class TreeRestore {
     sel: Selection,
     self: TreeNode | undefined,
     isTarget = false,
+    onQueued?: () => void,
   ): Promise<void> {
     throwIfAborted(this.signal);
     const tasks: Promise<unknown>[] = [];
@@ -250,6 +262,7 @@ class TreeRestore {
       this.smallPending += small.length;
       if (this.smallQueue.length >= QUEUE_FILES) tasks.push(this.flushSmall());
     }
+    onQueued?.();
     await this.settle(tasks);
     throwIfAborted(this.signal);
     // Only a directory the tree fully describes gets its metadata; the target gets it when restored whole.
@@ -262,10 +275,36 @@ class TreeRestore {
     const files = this.smallQueue;
     this.smallQueue = [];
     this.smallChain = this.smallChain.then(async () => {
-      if (files.length > 0) await this.restoreSmallGroup(files);
-      this.smallPending -= files.length;
+      try {
+        if (files.length > 0) await this.restoreSmallGroup(files);
+      } finally {
+        this.smallPending -= files.length;
+        this.wakeWalkers();
+      }
     });
     return this.smallChain;
+  }
+
+  private wakeWalkers(): void {
+    const waiters = this.walkWaiters;
+    this.walkWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** Waits for a turn to load a directory listing (bounded small-file queue, few listings loading). */
+  private async walkTurn(): Promise<void> {
+    for (;;) {
+      throwIfAborted(this.signal);
+      if (this.smallPending < PENDING_FILES && this.dirsLoading < DIRS_LOADING) {
+        this.dirsLoading++;
+        return;
+      }
+      if (this.smallPending >= PENDING_FILES) {
+        if (this.smallQueue.length >= QUEUE_FILES) void this.flushSmall().catch(() => undefined);
+        // A failed batch rejects the chain: this walker fails with it.
+        await this.smallChain;
+      } else await new Promise<void>((resolve) => this.walkWaiters.push(resolve));
+    }
   }
 
   private async restoreSubdir(node: TreeNode, abs: string, rel: string, sel: Selection): Promise<void> {
@@ -277,12 +316,20 @@ class TreeRestore {
     } catch (err) {
       throw fsError(err, `creating directory ${abs}`);
     }
-    while (this.smallPending >= 2 * QUEUE_FILES) {
-      if (this.smallQueue.length >= QUEUE_FILES) void this.flushSmall().catch(() => undefined);
-      await this.smallChain;
+    await this.walkTurn();
+    let held = true;
+    const done = (): void => {
+      if (!held) return;
+      held = false;
+      this.dirsLoading--;
+      this.wakeWalkers();
+    };
+    try {
+      const sub = await this.loadTree(node.subtree ?? '');
+      await this.restoreDir(sub, abs, rel, sel, node, false, done);
+    } finally {
+      done();
     }
-    const sub = await this.loadTree(node.subtree ?? '');
-    await this.restoreDir(sub, abs, rel, sel, node);
   }
 
   private async restoreLeaf(node: TreeNode, abs: string, rel: string): Promise<void> {
