@@ -27,6 +27,7 @@ import type { Platform, SnapshotReader, SnapshotRef } from '../platforms/index.t
 import { startAzureSandbox } from '../platforms/azure/sandbox.ts';
 import { checkVolume, DemoApp } from './appdata.ts';
 import type { DemoOptions, DemoPathResult, DemoResult } from './experiment.ts';
+import { pathResult } from './experiment.ts';
 
 const APP = 'shop';
 const VOLUME = 'data';
@@ -298,31 +299,22 @@ export async function runAzureDemo(o: DemoOptions): Promise<DemoResult> {
       const check = await checkVolume(file);
       const rtoMs = performance.now() - r0;
       if (!check.ok) log(`WARNING: the data restored by ${p.path} fails its checksum`);
-      const [first, second] = runs[p.name] ?? [];
-      const exportFirstMs = first?.record.exportDurationMs ?? 0;
-      const exportIncrementalMs = second?.record.exportDurationMs ?? 0;
       const st = await westState.read();
       const consistentAt =
         Object.values(st.imports)
           .find((s) => s.id.endsWith(p.name))
           ?.restorePoints.at(-1)?.consistentAt ?? '';
-      results.push({
-        path: p.path,
-        policy: p.name,
-        exportFirstMs,
-        exportIncrementalMs,
-        incrementalPercent: exportFirstMs > 0 ? (100 * exportIncrementalMs) / exportFirstMs : 0,
-        bytesFirst: first?.record.bytesTransferred ?? 0,
-        bytesIncremental: second?.record.bytesTransferred ?? 0,
-        importMs,
-        restoreMs,
-        rtoMs,
-        rpoMs: disasterAt - check.writtenAt,
-        dataWrittenAt: new Date(check.writtenAt).toISOString(),
-        consistentAt,
-        checksumOk: check.ok,
-        restoredTo: p.path === 'snapshot-copy' ? `disk ${westRg}/${restoredAs}` : file,
-      });
+      results.push(
+        pathResult(p, runs[p.name] ?? [], {
+          importMs,
+          restoreMs,
+          rtoMs,
+          disasterAt,
+          check,
+          consistentAt,
+          restoredTo: p.path === 'snapshot-copy' ? `disk ${westRg}/${restoredAs}` : file,
+        }),
+      );
     }
     return {
       size,

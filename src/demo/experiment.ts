@@ -63,6 +63,42 @@ export interface DemoPathResult {
   restoredTo: string;
 }
 
+/** One row of the demo's table, from the two export runs of a path and the check of its restored data. */
+export function pathResult(
+  p: { path: RestorePath; name: string },
+  exports: readonly ExportRunResult[],
+  m: {
+    importMs: number;
+    restoreMs: number;
+    rtoMs: number;
+    disasterAt: number;
+    check: { writtenAt: number; ok: boolean };
+    consistentAt: string;
+    restoredTo: string;
+  },
+): DemoPathResult {
+  const [first, second] = exports;
+  const exportFirstMs = first?.record.exportDurationMs ?? 0;
+  const exportIncrementalMs = second?.record.exportDurationMs ?? 0;
+  return {
+    path: p.path,
+    policy: p.name,
+    exportFirstMs,
+    exportIncrementalMs,
+    incrementalPercent: exportFirstMs > 0 ? (100 * exportIncrementalMs) / exportFirstMs : 0,
+    bytesFirst: first?.record.bytesTransferred ?? 0,
+    bytesIncremental: second?.record.bytesTransferred ?? 0,
+    importMs: m.importMs,
+    restoreMs: m.restoreMs,
+    rtoMs: m.rtoMs,
+    rpoMs: m.disasterAt - m.check.writtenAt,
+    dataWrittenAt: new Date(m.check.writtenAt).toISOString(),
+    consistentAt: m.consistentAt,
+    checksumOk: m.check.ok,
+    restoredTo: m.restoredTo,
+  };
+}
+
 export interface DemoResult {
   size: number;
   changedBytes: number;
@@ -217,26 +253,17 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       const check = await checkVolume(file);
       const rtoMs = performance.now() - r0;
       if (!check.ok) log(`WARNING: the data restored by ${p.path} fails its checksum`);
-      const [first, second] = runs[p.name] ?? [];
-      const exportFirstMs = first?.record.exportDurationMs ?? 0;
-      const exportIncrementalMs = second?.record.exportDurationMs ?? 0;
-      results.push({
-        path: p.path,
-        policy: p.name,
-        exportFirstMs,
-        exportIncrementalMs,
-        incrementalPercent: exportFirstMs > 0 ? (100 * exportIncrementalMs) / exportFirstMs : 0,
-        bytesFirst: first?.record.bytesTransferred ?? 0,
-        bytesIncremental: second?.record.bytesTransferred ?? 0,
-        importMs,
-        restoreMs,
-        rtoMs,
-        rpoMs: disasterAt - check.writtenAt,
-        dataWrittenAt: new Date(check.writtenAt).toISOString(),
-        consistentAt: r.consistentAt,
-        checksumOk: check.ok,
-        restoredTo: file,
-      });
+      results.push(
+        pathResult(p, runs[p.name] ?? [], {
+          importMs,
+          restoreMs,
+          rtoMs,
+          disasterAt,
+          check,
+          consistentAt: r.consistentAt,
+          restoredTo: file,
+        }),
+      );
     }
     const report = drReport(await westState.read());
     const out: DemoResult = {
