@@ -262,7 +262,10 @@ describe('web dashboard in Chromium', { skip, timeout: 180_000 }, () => {
       seen.some(([, , state, bar]) => state === 'Running' && bar === 'bar'),
       `a running action of the run was shown with its progress bar: ${JSON.stringify([...new Set(seen.map((x) => x.join('|')))])}`,
     );
-    // Reloaded after the run ended: two points, the newest already with its repository tier.
+    // Reloaded after the run ended: two points, the newest already with its repository tier. Wait for the
+    // second row first: the first run's point also has a repository badge, so checking it alone could pass
+    // on the page as it was before the reload.
+    await page.locator('#points tbody tr').nth(1).waitFor({ timeout: 10_000 });
     await page
       .locator('#points tbody tr')
       .first()
