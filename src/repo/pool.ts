@@ -113,6 +113,14 @@ export class CryptoPool {
         if (res.ok) p.resolve(res);
         else p.reject(res.integrity ? new IntegrityError(res.error) : new StorageError(res.error));
       });
+      worker.on('exit', (code) => {
+        for (const [seq, p] of this.pending) {
+          if (p.slot === slot) {
+            this.pending.delete(seq);
+            p.reject(new StorageError(`crypto worker exited (${code}) with work in flight`));
+          }
+        }
+      });
       worker.on('error', (err) => {
         for (const [seq, p] of this.pending) {
           if (p.slot === slot) {
@@ -153,5 +161,11 @@ export class CryptoPool {
   async close(): Promise<void> {
     await Promise.all(this.slots.map((s) => s.worker.terminate()));
     this.slots.length = 0;
+    // Work still waiting on a terminated worker would never settle (and an awaiting caller would leave the
+    // process with an unsettled top-level await): fail it instead.
+    for (const [seq, p] of this.pending) {
+      this.pending.delete(seq);
+      p.reject(new StorageError('crypto pool closed while work was in flight'));
+    }
   }
 }

@@ -88,8 +88,14 @@ function typeCode(t: BlobType): number {
 
 async function mapLimit<T>(items: T[], limit: number, fn: (t: T) => Promise<void>): Promise<void> {
   let i = 0;
+  let failed = false;
+  // After the first failure no new item starts: the caller is already unwinding (and may close the pool).
   const run = async (): Promise<void> => {
-    while (i < items.length) await fn(items[i++]!);
+    while (!failed && i < items.length)
+      await fn(items[i++]!).catch((err: unknown) => {
+        failed = true;
+        throw err;
+      });
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, run));
 }
