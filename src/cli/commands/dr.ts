@@ -22,6 +22,7 @@ import type { Engine } from '../../engine/index.ts';
 import type { StoreOptions } from '../../storage/index.ts';
 import { ApiClient, defaultDataDir } from '../client.ts';
 import { printJson, printTable, progressPrinter } from '../output.ts';
+import { interruptSignal } from '../signals.ts';
 
 interface Common {
   siteDir?: string;
@@ -89,13 +90,7 @@ function printImport(r: ImportResult): void {
   if (r.missing.length) process.stderr.write(`not (yet) at the location: ${r.missing.join(', ')}\n`);
 }
 
-function signal(): AbortSignal {
-  const ac = new AbortController();
-  const onSig = (): void => ac.abort(new Error('interrupted'));
-  process.once('SIGINT', onSig);
-  process.once('SIGTERM', onSig);
-  return ac.signal;
-}
+const signal = interruptSignal;
 
 export function registerDr(program: Command): void {
   const dr = program.command('dr').description('disaster recovery at the DR site: import, restore, report');

@@ -14,6 +14,7 @@ import {
   restoreBundle,
 } from '../../platforms/kubernetes/index.ts';
 import { printJson, printTable } from '../output.ts';
+import { interruptSignal } from '../signals.ts';
 
 interface Common {
   kubeconfig?: string;
@@ -53,13 +54,7 @@ async function readStructured(file: string, what: string): Promise<unknown> {
   }
 }
 
-function signal(): AbortSignal {
-  const ac = new AbortController();
-  const onSig = (): void => ac.abort(new Error('interrupted'));
-  process.once('SIGINT', onSig);
-  process.once('SIGTERM', onSig);
-  return ac.signal;
-}
+const signal = interruptSignal;
 
 export function registerKube(program: Command): void {
   const kube = program.command('kube').description('Kubernetes namespaces: backup to a bundle, restore');

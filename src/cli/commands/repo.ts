@@ -20,6 +20,7 @@ import {
 } from '../../repo/index.ts';
 import { backupTree, listTree, modeString, restoreTree } from '../../repo/tree/index.ts';
 import { printJson, printTable, progressPrinter } from '../output.ts';
+import { interruptSignal } from '../signals.ts';
 import {
   isRestorePointForm,
   restorePointOptions,
@@ -66,13 +67,7 @@ async function withRepo<T>(o: Common, fn: (repo: Repository) => Promise<T>): Pro
   }
 }
 
-function signal(): AbortSignal {
-  const ac = new AbortController();
-  const onSig = (): void => ac.abort(new Error('interrupted'));
-  process.once('SIGINT', onSig);
-  process.once('SIGTERM', onSig);
-  return ac.signal;
-}
+const signal = interruptSignal;
 
 function short(id: string): string {
   return id.slice(0, 8);
