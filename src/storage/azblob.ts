@@ -25,6 +25,8 @@ import {
   type RetryContext,
   type RetryPolicy,
   type RetryVerdict,
+  attemptTimeoutMs,
+  GET_BYTES_GUESS,
 } from './retry.ts';
 import type { ObjectInfo, ObjectStore, PutOptions } from './types.ts';
 
@@ -52,10 +54,6 @@ export interface AzureBlobStoreOptions {
 
 const MiB = 1024 * 1024;
 const MAX_BLOCKS = 50_000;
-/** Time allowed per MiB carried on top of requestTimeoutMs (a floor of 256 KiB/s before an attempt is given up). */
-const MS_PER_MIB = 4000;
-/** `get` does not know the size: allow for a pack (16 MiB). */
-const GET_BYTES_GUESS = 16 * MiB;
 
 export class AzureBlobStore implements ObjectStore {
   readonly location: string;
@@ -143,7 +141,7 @@ export class AzureBlobStore implements ObjectStore {
     return {
       signal,
       policy: this.retry,
-      timeoutMs: this.requestTimeoutMs + Math.ceil(bytes / MiB) * MS_PER_MIB,
+      timeoutMs: attemptTimeoutMs(this.requestTimeoutMs, bytes),
     };
   }
 

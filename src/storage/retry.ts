@@ -179,3 +179,13 @@ export async function mapLimit<I, O>(
     signal?.removeEventListener('abort', onAbort);
   }
 }
+
+/** Time allowed per MiB carried on top of a request's base limit (a floor of 256 KiB/s before an attempt is given up). */
+const MS_PER_MIB = 4000;
+/** `get` does not know the size: allow for a pack (16 MiB). */
+export const GET_BYTES_GUESS = 16 * 1024 * 1024;
+
+/** Whole-request deadline of one attempt carrying `bytes`. */
+export function attemptTimeoutMs(baseMs: number, bytes: number): number {
+  return baseMs + Math.ceil(bytes / (1024 * 1024)) * MS_PER_MIB;
+}

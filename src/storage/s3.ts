@@ -29,6 +29,8 @@ import {
   type RetryContext,
   type RetryPolicy,
   type RetryVerdict,
+  attemptTimeoutMs,
+  GET_BYTES_GUESS,
 } from './retry.ts';
 import type { ObjectInfo, ObjectStore, PutOptions } from './types.ts';
 
@@ -55,10 +57,6 @@ export interface S3StoreOptions {
 
 const MiB = 1024 * 1024;
 const MAX_PARTS = 10_000;
-/** Time allowed per MiB carried on top of requestTimeoutMs (a floor of 256 KiB/s before an attempt is given up). */
-const MS_PER_MIB = 4000;
-/** `get` does not know the size: allow for a pack (16 MiB). */
-const GET_BYTES_GUESS = 16 * MiB;
 
 export class S3Store implements ObjectStore {
   readonly location: string;
@@ -133,7 +131,7 @@ export class S3Store implements ObjectStore {
     return {
       signal,
       policy: this.retry,
-      timeoutMs: this.requestTimeoutMs + Math.ceil(bytes / MiB) * MS_PER_MIB,
+      timeoutMs: attemptTimeoutMs(this.requestTimeoutMs, bytes),
     };
   }
 
