@@ -6,6 +6,7 @@ import {
   blobAad,
   blobIdOf,
   COMP_NONE,
+  COMP_ZSTD,
   decompress,
   IdHasher,
   maybeCompress,
@@ -14,11 +15,15 @@ import {
   openInto,
   seal,
   TAG_LEN,
+  ZstdInto,
 } from './crypto.ts';
 import { ownArrayBuffer, RUN_META, type WorkerRequest, type WorkerResponse } from './pool.ts';
 
 let encKey: crypto.KeyObject | undefined;
 let idKey: IdHasher | undefined;
+const zstd = new ZstdInto();
+/** Compressed blobs are opened into this (grown as needed, kept): no new buffer per blob. */
+let scratch = Buffer.allocUnsafeSlow(0);
 
 /** Decrypt (and decompress) one blob; with `verify`, its keyed hash is recomputed and compared with its id. */
 function openOne(
@@ -115,6 +120,16 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
         openInto(encKey, sealed, blobAad(id, type, comp), req.what, out, pos);
         const plain = out.subarray(pos, pos + rawLength);
         if (req.verify && !crypto.timingSafeEqual(blobIdOf(idKey, plain), id))
+          throw new IntegrityError(
+            `${req.what}: blob ${Buffer.from(id).toString('hex').slice(0, 16)} content does not match its id`,
+          );
+      } else if (comp === COMP_ZSTD && length >= NONCE_LEN + TAG_LEN) {
+        // Compressed: open into the scratch buffer, decompress straight into the output.
+        const body = length - NONCE_LEN - TAG_LEN;
+        if (scratch.length < body) scratch = Buffer.allocUnsafeSlow(Math.max(body, 2 * scratch.length));
+        openInto(encKey, sealed, blobAad(id, type, comp), req.what, scratch, 0);
+        zstd.decompressInto(scratch.subarray(0, body), out, pos, rawLength, req.what);
+        if (req.verify && !crypto.timingSafeEqual(blobIdOf(idKey, out.subarray(pos, pos + rawLength)), id))
           throw new IntegrityError(
             `${req.what}: blob ${Buffer.from(id).toString('hex').slice(0, 16)} content does not match its id`,
           );
