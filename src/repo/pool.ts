@@ -46,6 +46,9 @@ export type WorkerRequest =
       meta: Uint32Array;
       /** where to put the plaintexts when it is large enough (returned as `plain`) */
       out?: ArrayBuffer;
+      /** or: shared memory to write the plaintexts into, at `sharedOffset` (nothing is returned) */
+      shared?: SharedArrayBuffer;
+      sharedOffset?: number;
       what: string;
       verify: boolean;
     };

@@ -37,6 +37,7 @@ import {
 } from './format.ts';
 import { DEFAULT_KDF, makeKeyFile, parseKeyFile, unwrapKey } from './keys.ts';
 import { RepoLock } from './lock.ts';
+import { RunArena } from './arena.ts';
 import { CryptoPool, ownArrayBuffer, RUN_META } from './pool.ts';
 
 export interface RepoConfig {
@@ -111,9 +112,10 @@ export class Repository implements BlobReader {
   private readonly key: MasterKey;
   private poolInstance: CryptoPool | undefined;
   private readonly workers: number | undefined;
-  /** loadMany's recycled RUN_BUF read and plaintext buffers (at most RUNS_IN_FLIGHT of each kept). */
+  /** loadMany's recycled RUN_BUF read buffers (at most RUNS_IN_FLIGHT kept). */
   private readonly freeRunRead: ArrayBuffer[] = [];
-  private readonly freeRunPlain: ArrayBuffer[] = [];
+  /** loadMany's plaintext slots: page-aligned shared memory the workers write into (made on first use). */
+  private runArena: RunArena | undefined;
 
   private constructor(
     store: ObjectStore,
@@ -324,7 +326,7 @@ export class Repository implements BlobReader {
     // Read and plaintext buffers of RUN_BUF bytes go round (main → worker → main) instead of being garbage,
     // kept by the repository across calls: a tree restore calls loadMany once per batch of small files.
     const freeRead = this.freeRunRead;
-    const freePlain = this.freeRunPlain;
+    const arena = (this.runArena ??= new RunArena(RUNS_IN_FLIGHT, RUN_BUF));
     const getRangeInto = this.store.getRangeInto?.bind(this.store);
     await mapLimit(runs, RUNS_IN_FLIGHT, async (run) => {
       throwIfAborted(opts.signal);
@@ -351,7 +353,8 @@ export class Repository implements BlobReader {
       } else ab = ownArrayBuffer(await this.readPackRange(what, run.start, len, opts));
       let total = 0;
       for (const { e } of run.blobs) total += e.rawLength;
-      const out = total <= RUN_BUF ? (freePlain.pop() ?? new ArrayBuffer(RUN_BUF)) : undefined;
+      // A free arena slot when the run fits one (concurrent loadMany calls may have taken them all).
+      const slot = total <= RUN_BUF ? arena.take() : undefined;
       const n = run.blobs.length;
       const ids = new Uint8Array(32 * n);
       const meta = new Uint32Array(RUN_META * n);
@@ -359,29 +362,45 @@ export class Repository implements BlobReader {
         ids.set(Buffer.from(id, 'hex'), 32 * i);
         meta.set([e.type, e.comp, e.rawLength, e.offset - run.start, e.length], RUN_META * i);
       });
-      let r;
       try {
-        r = await this.pool.run(
-          { op: 'loadRun', seq: 0, buf: ab, out, ids, meta, what, verify },
-          out ? [ab, out] : [ab],
+        let r;
+        try {
+          r = await this.pool.run(
+            slot === undefined
+              ? { op: 'loadRun', seq: 0, buf: ab, ids, meta, what, verify }
+              : {
+                  op: 'loadRun',
+                  seq: 0,
+                  buf: ab,
+                  ids,
+                  meta,
+                  what,
+                  verify,
+                  shared: arena.buffer,
+                  sharedOffset: slot,
+                },
+            [ab],
+          );
+        } catch (err) {
+          if (err instanceof IntegrityError)
+            throw new IntegrityError(err.message, { details: { object: what } });
+          throw err;
+        }
+        const plain = slot === undefined ? Buffer.from(r.plain!) : Buffer.from(arena.buffer, slot, total);
+        throwIfAborted(opts.signal);
+        let pos = 0;
+        await Promise.all(
+          run.blobs.map(({ id, e }) => {
+            const p = onBlob(id, plain.subarray(pos, pos + e.rawLength));
+            pos += e.rawLength;
+            return p;
+          }),
         );
-      } catch (err) {
-        if (err instanceof IntegrityError)
-          throw new IntegrityError(err.message, { details: { object: what } });
-        throw err;
+        if (r.buf?.byteLength === RUN_BUF && freeRead.length < RUNS_IN_FLIGHT) freeRead.push(r.buf);
+      } finally {
+        // A slot goes back only when no worker can still be writing into it: after its reply (or its failure).
+        if (slot !== undefined) arena.give(slot);
       }
-      const plain = Buffer.from(r.plain!);
-      throwIfAborted(opts.signal);
-      let pos = 0;
-      await Promise.all(
-        run.blobs.map(({ id, e }) => {
-          const p = onBlob(id, plain.subarray(pos, pos + e.rawLength));
-          pos += e.rawLength;
-          return p;
-        }),
-      );
-      if (r.buf?.byteLength === RUN_BUF && freeRead.length < RUNS_IN_FLIGHT) freeRead.push(r.buf);
-      if (r.plain!.byteLength === RUN_BUF && freePlain.length < RUNS_IN_FLIGHT) freePlain.push(r.plain!);
     });
   }
 

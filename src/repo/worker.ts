@@ -105,7 +105,11 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
     const n = m.length / RUN_META;
     let total = 0;
     for (let i = 0; i < n; i++) total += m[i * RUN_META + 2]!;
-    const out = req.out && req.out.byteLength >= total ? Buffer.from(req.out) : Buffer.allocUnsafeSlow(total);
+    const out = req.shared
+      ? Buffer.from(req.shared, req.sharedOffset ?? 0, total)
+      : req.out && req.out.byteLength >= total
+        ? Buffer.from(req.out)
+        : Buffer.allocUnsafeSlow(total);
     let pos = 0;
     for (let i = 0; i < n; i++) {
       const k = i * RUN_META;
@@ -139,6 +143,7 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
       }
       pos += rawLength;
     }
+    if (req.shared) return { res: { seq: req.seq, ok: true, buf: req.buf }, transfer: [req.buf] };
     const ab = req.out && out.buffer === req.out ? req.out : ownArrayBuffer(out);
     return { res: { seq: req.seq, ok: true, plain: ab, buf: req.buf }, transfer: [ab, req.buf] };
   }
