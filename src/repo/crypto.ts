@@ -242,7 +242,7 @@ export class ZstdInto {
       plain.copy(out, pos);
       return;
     }
-    s.reset();
+    // A context that finished a frame starts the next one by itself (one that failed was dropped below).
     let failed: string | undefined;
     h.onerror = (message) => {
       failed = message;

@@ -314,6 +314,8 @@ export interface ImageRestoreResult {
   bytesWritten: number;
   /** of bytesWritten, those written with O_DIRECT (0 where the filesystem refuses it) */
   bytesDirect: number;
+  /** write calls made (neighbouring chunks are merged into one) */
+  writes: number;
   chunks: number;
 }
 
@@ -323,6 +325,11 @@ function mapFsError(err: unknown, target: string): unknown {
     return new NoSpaceError(`no space left writing ${target}`, { cause: err });
   return err;
 }
+
+/** Largest write a restore merges queued neighbouring writes into. */
+const MERGE_BYTES = 8 * 1024 * 1024;
+/** ... and at most this many buffers in one pwritev (IOV_MAX is 1024). */
+const MERGE_PARTS = 256;
 
 /** `path` opened for writing with O_DIRECT, or undefined when the filesystem (or platform) does not allow it. */
 async function openDirect(file: string): Promise<fs.promises.FileHandle | undefined> {
@@ -367,6 +374,7 @@ export async function restoreImage(
     size: map.size,
     bytesWritten: 0,
     bytesDirect: 0,
+    writes: 0,
     chunks: map.chunks.length,
   };
   try {
@@ -405,31 +413,108 @@ export async function restoreImage(
         );
     }
     // One write at a time: parallel buffered writes to one file contend on its inode lock (the kernel time
-    // of a 2 GiB restore more than doubled); decryption still runs ahead in the workers.
-    let writing: Promise<unknown> = Promise.resolve();
-    const writeAll = async (buf: Buffer, pos: number): Promise<void> => {
-      const mine = writing.then(async () => {
-        let out = d && pos % DIRECT_ALIGN === 0 && directWritable(buf) ? d : h;
-        let off = 0;
-        while (off < buf.length) {
-          let bytesWritten: number;
-          try {
-            ({ bytesWritten } = await out.write(buf, off, buf.length - off, pos + off));
-          } catch (err) {
-            // A filesystem may take O_DIRECT at open and refuse the I/O (alignment): buffered from then on.
-            if (out === h || (err as { code?: string }).code !== 'EINVAL') throw err;
-            d = undefined;
-            out = h;
-            continue;
+    // of a 2 GiB restore more than doubled); decryption still runs ahead in the workers. Writes queued while
+    // one is in flight go out together: neighbours in the file as one pwritev of up to MERGE_BYTES (a run's
+    // chunks sit in pack order, which the workers of the backup shuffled; sorted, they mostly continue each
+    // other). 1 MiB O_DIRECT writes one at a time ran at ~1.1-1.4 GB/s during a restore here.
+    const writeOut = async (buf: Buffer, pos: number): Promise<void> => {
+      let out = d && pos % DIRECT_ALIGN === 0 && directWritable(buf) ? d : h;
+      let off = 0;
+      while (off < buf.length) {
+        let bytesWritten: number;
+        try {
+          res.writes++;
+          ({ bytesWritten } = await out.write(buf, off, buf.length - off, pos + off));
+        } catch (err) {
+          // A filesystem may take O_DIRECT at open and refuse the I/O (alignment): buffered from then on.
+          if (out === h || (err as { code?: string }).code !== 'EINVAL') throw err;
+          d = undefined;
+          out = h;
+          continue;
+        }
+        if (bytesWritten === 0)
+          throw new Error(`write of ${buf.length - off} bytes at ${pos + off} wrote nothing`);
+        off += bytesWritten;
+        if (out !== h) res.bytesDirect += bytesWritten;
+      }
+    };
+    interface QueuedWrite {
+      buf: Buffer;
+      pos: number;
+      done: () => void;
+      fail: (err: unknown) => void;
+    }
+    const queue: QueuedWrite[] = [];
+    let pumping = false;
+    let writeFailed: unknown;
+    const goesDirect = (w: QueuedWrite): boolean =>
+      d !== undefined && w.pos % DIRECT_ALIGN === 0 && directWritable(w.buf);
+    /** Neighbours in the file as one pwritev (O_DIRECT or buffered alike); a short write is finished piecewise. */
+    const writeGroup = async (group: QueuedWrite[]): Promise<void> => {
+      const first = group[0]!;
+      if (group.length === 1) return writeOut(first.buf, first.pos);
+      const out = d !== undefined && goesDirect(first) ? d : h;
+      let written = 0;
+      try {
+        res.writes++;
+        ({ bytesWritten: written } = await out.writev(
+          group.map((w) => w.buf),
+          first.pos,
+        ));
+      } catch (err) {
+        if (out === h || (err as { code?: string }).code !== 'EINVAL') throw err;
+        d = undefined;
+      }
+      if (out !== h) res.bytesDirect += written;
+      for (const w of group) {
+        const done = Math.min(w.buf.length, Math.max(0, written - (w.pos - first.pos)));
+        if (done < w.buf.length) await writeOut(w.buf.subarray(done), w.pos + done);
+      }
+    };
+    const pump = async (): Promise<void> => {
+      while (queue.length > 0) {
+        // Everything queued, in file order (each byte of the image is written once: order does not matter),
+        // cut into groups that continue each other in the file and agree on O_DIRECT.
+        const batch = queue.splice(0, queue.length).sort((a, b) => a.pos - b.pos);
+        for (let i = 0; i < batch.length;) {
+          const group = [batch[i]!];
+          let len = group[0]!.buf.length;
+          const isDirect = goesDirect(group[0]!);
+          for (i++; i < batch.length; i++) {
+            const next = batch[i]!;
+            const last = group[group.length - 1]!;
+            if (
+              next.pos !== last.pos + last.buf.length ||
+              len + next.buf.length > MERGE_BYTES ||
+              group.length >= MERGE_PARTS ||
+              goesDirect(next) !== isDirect
+            )
+              break;
+            group.push(next);
+            len += next.buf.length;
           }
-          if (bytesWritten === 0)
-            throw new Error(`write of ${buf.length - off} bytes at ${pos + off} wrote nothing`);
-          off += bytesWritten;
-          if (out !== h) res.bytesDirect += bytesWritten;
+          try {
+            // After a failure nothing more is written: the restore is unwinding and the buffers go back.
+            if (writeFailed !== undefined) throw writeFailed;
+            await writeGroup(group);
+            for (const w of group) w.done();
+          } catch (err) {
+            writeFailed ??= err;
+            for (const w of group) w.fail(err);
+          }
+        }
+      }
+      pumping = false;
+    };
+    const writeAll = async (buf: Buffer, pos: number): Promise<void> => {
+      await new Promise<void>((done, fail) => {
+        queue.push({ buf, pos, done, fail });
+        // Started from a microtask: the other blobs of the run are queued in the same tick and get merged.
+        if (!pumping) {
+          pumping = true;
+          queueMicrotask(() => void pump());
         }
       });
-      writing = mine.catch(() => undefined);
-      await mine;
       res.bytesWritten += buf.length;
       opts.onProgress?.({
         phase: 'restore',
