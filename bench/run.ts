@@ -188,8 +188,14 @@ class Bench {
     return path.join(this.work, 'repos', `${tool.name}-${scenario}`);
   }
 
+  /**
+   * Before every timed command (not timed): `sync`, so the dirty pages one command left behind (a restore that
+   * does not flush, a repository's packs) are not written back during the next tool's turn; with
+   * --drop-caches also the page cache dropped.
+   */
   private async prepare(): Promise<void> {
     if (this.cfg.dropCaches) await dropCaches();
+    else await untimed({ cmd: 'sync', args: [] });
   }
 
   /** One timed backup; returns the snapshot id, or undefined after recording an ERROR row. */
