@@ -99,7 +99,11 @@ export class CryptoPool {
     { resolve: (r: Ok) => void; reject: (e: Error) => void; slot: Slot }
   >();
 
-  constructor(key: MasterKey, size = Math.max(1, Math.min(4, os.availableParallelism()))) {
+  /**
+   * Workers start at once; `key` may come later (`setKey`): a repository being opened starts them while scrypt
+   * derives the key, so their start-up (~50 ms) is off the critical path. Work sent before the key would fail.
+   */
+  constructor(key: MasterKey | undefined, size = Math.max(1, Math.min(4, os.availableParallelism()))) {
     for (let i = 0; i < size; i++) {
       const worker = new Worker(new URL('./worker.ts', import.meta.url), {
         // A small young generation: the workers' short-lived output buffers are freed by frequent cheap
@@ -107,7 +111,6 @@ export class CryptoPool {
         resourceLimits: { maxYoungGenerationSizeMb: 4 },
       });
       const slot: Slot = { worker, busy: 0 };
-      worker.unref();
       worker.on('message', (res: WorkerResponse) => {
         const p = this.pending.get(res.seq);
         if (!p) return;
@@ -132,14 +135,23 @@ export class CryptoPool {
           }
         }
       });
+      // Idle workers do not keep the process alive. After the listeners: adding a 'message' listener refs
+      // the worker's port again.
+      worker.unref();
       this.slots.push(slot);
+    }
+    if (key) this.setKey(key);
+  }
+
+  /** Hands the keys to every worker (messages arrive in order: before any work sent after this call). */
+  setKey(key: MasterKey): void {
+    for (const { worker } of this.slots)
       worker.postMessage({
         op: 'keys',
         seq: -1,
         encKey: new Uint8Array(key.encKey),
         idKey: new Uint8Array(key.idKey),
       });
-    }
   }
 
   get size(): number {

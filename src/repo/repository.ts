@@ -123,7 +123,9 @@ export class Repository implements BlobReader {
     keyId: string,
     config: RepoConfig,
     opts: OpenOptions,
+    pool?: CryptoPool,
   ) {
+    this.poolInstance = pool;
     this.store = store;
     this.key = key;
     this.keyId = keyId;
@@ -160,6 +162,10 @@ export class Repository implements BlobReader {
     if (keyKeys.length === 0) throw new IntegrityError(`repository at ${store.location} has no key files`);
     let lastErr: unknown;
     let integrityErr: unknown;
+    // While scrypt derives the key (~0.1 s), the crypto workers start and the index objects are read.
+    const pool = new CryptoPool(undefined, opts.workers);
+    const prefetched = Repository.fetchIndexObjects(store);
+    prefetched.catch(() => undefined); // awaited (and its error reported) by loadIndex below
     for (const k of keyKeys.sort()) {
       try {
         const kf = parseKeyFile(await store.get(k), k);
@@ -168,16 +174,23 @@ export class Repository implements BlobReader {
         const config = JSON.parse(
           openObject(key.encKey, 'config', raw, 'config').toString('utf8'),
         ) as RepoConfig;
-        const repo = new Repository(store, key, k.slice('keys/'.length), config, opts);
-        await repo.loadIndex();
+        pool.setKey(key);
+        const repo = new Repository(store, key, k.slice('keys/'.length), config, opts, pool);
+        await repo.loadIndex({}, prefetched);
         return repo;
       } catch (err) {
         if (err instanceof IntegrityError && !integrityErr) integrityErr = err;
         lastErr = err;
-        if (err instanceof TernError && err.code !== 'AUTH' && err.code !== 'INTEGRITY') throw err;
-        if (err instanceof IntegrityError && !/^keys\//.test(err.message)) throw err;
+        const fatal =
+          (err instanceof TernError && err.code !== 'AUTH' && err.code !== 'INTEGRITY') ||
+          (err instanceof IntegrityError && !/^keys\//.test(err.message));
+        if (fatal) {
+          await pool.close();
+          throw err;
+        }
       }
     }
+    await pool.close();
     // A corrupted key file is reported as such when no other key opens, so it is not mistaken for a typo.
     throw integrityErr ?? lastErr;
   }
@@ -189,17 +202,29 @@ export class Repository implements BlobReader {
 
   // ---- index ----
 
-  async loadIndex(opts: RunOptions = {}): Promise<void> {
-    const index = new BlobIndex();
+  /** The raw (sealed) index objects, by key, in key order. */
+  private static async fetchIndexObjects(
+    store: ObjectStore,
+    opts: RunOptions = {},
+  ): Promise<[string, Buffer][]> {
     const files: string[] = [];
-    for await (const o of this.store.list('index/', opts)) files.push(o.key);
+    for await (const o of store.list('index/', opts)) files.push(o.key);
     files.sort();
-    const decoded = new Map<string, IndexPack[]>();
+    const raw = new Map<string, Buffer>();
     await mapLimit(files, 8, async (f) => {
       throwIfAborted(opts.signal);
-      decoded.set(f, this.decodeIndexObject(await this.store.get(f, opts), f));
+      raw.set(f, await store.get(f, opts));
     });
-    for (const f of files) for (const p of decoded.get(f) ?? []) this.addPackToIndex(index, p);
+    return files.map((f) => [f, raw.get(f)!]);
+  }
+
+  /** (Re)load the whole index; `prefetched` = the objects already being read (Repository.open). */
+  async loadIndex(opts: RunOptions = {}, prefetched?: Promise<[string, Buffer][]>): Promise<void> {
+    const index = new BlobIndex();
+    const objects = await (prefetched ?? Repository.fetchIndexObjects(this.store, opts));
+    const files = objects.map(([f]) => f);
+    for (const [f, raw] of objects)
+      for (const p of this.decodeIndexObject(raw, f)) this.addPackToIndex(index, p);
     this.index = index;
     this.indexFiles = files;
   }
