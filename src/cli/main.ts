@@ -6,7 +6,7 @@ import module from 'node:module';
 // command modules load, hence the dynamic imports below.
 module.enableCompileCache();
 const { Command, CommanderError } = await import('commander');
-const { describeError, exitCodeFor, errorCodeOf } = await import('../core/index.ts');
+const { describeError, exitCodeFor, errorCodeOf } = await import('../core/base.ts');
 /**
  * Verbs that commands/repo.ts alone registers: for these only that module is loaded. The other modules pull in
  * the engine, platforms and cloud SDKs (~0.5 s of CPU), which the datamover verbs never need.

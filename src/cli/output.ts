@@ -1,6 +1,6 @@
 /** Printing for every CLI verb: human tables or JSON, and a progress line on a TTY. */
-import type { Progress } from '../core/index.ts';
-import { formatBytes, formatDuration } from '../core/index.ts';
+import type { Progress } from '../core/base.ts';
+import { formatBytes, formatDuration } from '../core/base.ts';
 
 export interface OutputOptions {
   json?: boolean;

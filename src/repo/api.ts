@@ -3,7 +3,7 @@
  * and the walkers that turn a source into blobs (block images: src/repo/image/, directory trees: src/repo/tree/).
  * Walkers never see keys, packs or the object store; the repository never sees files.
  */
-import type { RunOptions } from '../core/index.ts';
+import type { RunOptions } from '../core/base.ts';
 
 /** 'data' = file/volume content chunks; 'tree' = structure (directory listings, image chunk maps). */
 export type BlobType = 'data' | 'tree';

@@ -1,5 +1,5 @@
 /** Binary layouts of pack headers and index objects (docs/repository-format.md). */
-import { IntegrityError } from '../core/index.ts';
+import { IntegrityError } from '../core/base.ts';
 
 export interface PackBlob {
   id: Uint8Array;

@@ -2,8 +2,7 @@
 import crypto from 'node:crypto';
 import os from 'node:os';
 import { promisify } from 'node:util';
-import { z } from 'zod';
-import { AuthError, IntegrityError } from '../core/index.ts';
+import { AuthError, IntegrityError } from '../core/base.ts';
 import { openObject, sealObject, type MasterKey } from './crypto.ts';
 
 const scrypt = promisify(crypto.scrypt) as (
@@ -16,19 +15,37 @@ const scrypt = promisify(crypto.scrypt) as (
 /** ~64 MiB of memory and ~0.3 s here per open. */
 export const DEFAULT_KDF = { N: 65536, r: 8, p: 1 };
 
-const keyFileSchema = z.object({
-  version: z.literal(1),
-  kdf: z.literal('scrypt'),
-  N: z.number().int().positive(),
-  r: z.number().int().positive(),
-  p: z.number().int().positive(),
-  salt: z.string(),
-  data: z.string(),
-  created: z.string(),
-  hostname: z.string(),
-  check: z.string(),
-});
-export type KeyFile = z.infer<typeof keyFileSchema>;
+export interface KeyFile {
+  version: 1;
+  kdf: 'scrypt';
+  N: number;
+  r: number;
+  p: number;
+  salt: string;
+  data: string;
+  created: string;
+  hostname: string;
+  check: string;
+}
+
+/**
+ * The key file's shape, checked by hand: a key file is read by every repository command, and a schema library
+ * would add its load time (~20 ms) to each of them.
+ */
+function asKeyFile(v: unknown): KeyFile {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not a JSON object');
+  const o = v as Record<string, unknown>;
+  if (o['version'] !== 1) throw new Error('version must be 1');
+  if (o['kdf'] !== 'scrypt') throw new Error('kdf must be "scrypt"');
+  for (const k of ['N', 'r', 'p']) {
+    const n = o[k];
+    if (typeof n !== 'number' || !Number.isInteger(n) || n <= 0)
+      throw new Error(`${k} must be a positive integer`);
+  }
+  for (const k of ['salt', 'data', 'created', 'hostname', 'check'])
+    if (typeof o[k] !== 'string') throw new Error(`${k} must be a string`);
+  return o as unknown as KeyFile;
+}
 
 function checksum(k: Omit<KeyFile, 'check'>): string {
   return crypto
@@ -72,7 +89,7 @@ export async function makeKeyFile(
 export function parseKeyFile(raw: Buffer, what: string): KeyFile {
   let parsed: KeyFile;
   try {
-    parsed = keyFileSchema.parse(JSON.parse(raw.toString('utf8')));
+    parsed = asKeyFile(JSON.parse(raw.toString('utf8')));
   } catch (err) {
     throw new IntegrityError(`${what}: malformed key file`, { cause: err, details: { object: what } });
   }

@@ -1,8 +1,8 @@
 /** Repository locks: `locks/<id>` JSON objects; shared (backup) or exclusive (prune), refreshed, stale after a timeout. */
 import crypto from 'node:crypto';
 import os from 'node:os';
-import type { Clock } from '../core/index.ts';
-import { LockedError, systemClock } from '../core/index.ts';
+import type { Clock } from '../core/base.ts';
+import { LockedError, systemClock } from '../core/base.ts';
 import type { ObjectStore } from '../storage/index.ts';
 
 export interface LockInfo {

@@ -1,6 +1,6 @@
 /** Retention (forget), garbage collection (prune), verification and statistics. */
-import type { RunOptions, TernError } from '../core/index.ts';
-import { IntegrityError, selectRetention, throwIfAborted } from '../core/index.ts';
+import type { RunOptions, TernError } from '../core/base.ts';
+import { IntegrityError, selectRetention, throwIfAborted } from '../core/base.ts';
 import type { BlobId, SnapshotManifest } from './api.ts';
 import { decodePackHeader, packKey, type IndexPack, type PackBlob } from './format.ts';
 import { RepoLock } from './lock.ts';

@@ -4,7 +4,7 @@
  */
 import crypto from 'node:crypto';
 import os from 'node:os';
-import type { Clock, RunOptions } from '../core/index.ts';
+import type { Clock, RunOptions } from '../core/base.ts';
 import {
   ConflictError,
   InputError,
@@ -14,7 +14,7 @@ import {
   systemClock,
   throwIfAborted,
   TernError,
-} from '../core/index.ts';
+} from '../core/base.ts';
 import type { ObjectStore } from '../storage/index.ts';
 import type {
   BlobId,

@@ -14,7 +14,7 @@ import {
   type ContainerClient,
   type StoragePipelineOptions,
 } from '@azure/storage-blob';
-import { ConflictError, InputError, TernError, throwIfAborted, type RunOptions } from '../core/index.ts';
+import { ConflictError, InputError, TernError, throwIfAborted, type RunOptions } from '../core/base.ts';
 import { mapFailure, type Failure } from './errors.ts';
 import {
   mapLimit,

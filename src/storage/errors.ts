@@ -8,7 +8,7 @@ import {
   NotFoundError,
   StorageError,
   TernError,
-} from '../core/index.ts';
+} from '../core/base.ts';
 import { netErrorCode } from './retry.ts';
 
 /** The facts of one failed request, pulled out of an SDK error by the store. */

@@ -3,7 +3,7 @@ import { createReadStream, type Dirent } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import type { RunOptions } from '../core/index.ts';
+import type { RunOptions } from '../core/base.ts';
 import {
   ConflictError,
   NoSpaceError,
@@ -13,7 +13,7 @@ import {
   InputError,
   TernError,
   throwIfAborted,
-} from '../core/index.ts';
+} from '../core/base.ts';
 import type { ObjectInfo, ObjectStore, PutOptions } from './types.ts';
 
 export class LocalStore implements ObjectStore {

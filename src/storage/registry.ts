@@ -4,7 +4,7 @@
  *   s3://bucket/prefix             → S3Store (endpoint/region/credentials from options or standard AWS env)
  *   azblob://account/container/pfx → AzureBlobStore (key, SAS or connection string; endpoint override for Azurite)
  */
-import { InputError } from '../core/index.ts';
+import { InputError } from '../core/base.ts';
 import { LocalStore } from './local.ts';
 import type { RetryPolicy } from './retry.ts';
 import type { ObjectStore } from './types.ts';

@@ -2,7 +2,7 @@
  * Retry with capped exponential backoff and full jitter, shared by the cloud object stores.
  * The SDKs' own retries are switched off so that one policy (attempt cap, Retry-After, cancellation) holds for every backend.
  */
-import { CancelledError } from '../core/index.ts';
+import { CancelledError } from '../core/base.ts';
 
 export interface RetryPolicy {
   /** Attempts in all, the first included. */

@@ -18,7 +18,7 @@ import {
   type BucketLocationConstraint,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
-import { ConflictError, InputError, throwIfAborted, type RunOptions } from '../core/index.ts';
+import { ConflictError, InputError, throwIfAborted, type RunOptions } from '../core/base.ts';
 import { mapFailure, type Failure } from './errors.ts';
 import {
   mapLimit,

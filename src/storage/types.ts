@@ -1,4 +1,4 @@
-import type { RunOptions } from '../core/index.ts';
+import type { RunOptions } from '../core/base.ts';
 
 export interface ObjectInfo {
   key: string;

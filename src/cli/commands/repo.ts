@@ -2,7 +2,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import type { Command } from 'commander';
-import { AuthError, formatBytes, InputError, IntegrityError, parseSize } from '../../core/index.ts';
+import { AuthError, formatBytes, InputError, IntegrityError, parseSize } from '../../core/base.ts';
 import { openStore } from '../../storage/index.ts';
 import {
   backupImage,

@@ -4,10 +4,9 @@
  */
 import type { Command } from 'commander';
 import type { ActionRun } from '../../core/index.ts';
-import { formatBytes, InputError } from '../../core/index.ts';
-import { ApiClient, type ClientFlags } from '../client.ts';
+import { formatBytes, InputError } from '../../core/base.ts';
+import type { ClientFlags } from '../client.ts';
 import { printJson, printTable } from '../output.ts';
-import { ACTION_HEADERS, actionRow, failOnBadAction, waitForActions } from './control.ts';
 
 export interface RestorePointFlags extends ClientFlags {
   restorePoint?: string;
@@ -61,6 +60,9 @@ export async function restoreRestorePoint(
   const id = o.restorePoint ?? positional;
   if (!id)
     throw new InputError('which restore point? use --restore-point ID (or --repo for repository snapshots)');
+  // Loaded here: the API client and the action helpers bring the server's modules and the policy model (zod,
+  // yaml), which `tern restore --repo` never needs.
+  const { ApiClient } = await import('../client.ts');
   const client = ApiClient.fromFlags(o);
   const result = await client.post<{ plan: Plan; actionId?: string; action?: ActionRun }>('/v1/restores', {
     restorePoint: id,
@@ -70,6 +72,7 @@ export async function restoreRestorePoint(
     dryRun: o.dryRun === true,
   });
   if (o.wait && result.actionId) {
+    const { ACTION_HEADERS, actionRow, failOnBadAction, waitForActions } = await import('./control.ts');
     const done = await waitForActions(client, [result.actionId]);
     if (o.json) printJson({ plan: result.plan, action: done[0] });
     else {

@@ -5,14 +5,14 @@ import path from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import crypto from 'node:crypto';
-import type { RunOptions } from '../../core/index.ts';
+import type { RunOptions } from '../../core/base.ts';
 import {
   InputError,
   IntegrityError,
   NoSpaceError,
   throwIfAborted,
   CancelledError,
-} from '../../core/index.ts';
+} from '../../core/base.ts';
 import { DIRECT_ALIGN, directWritable } from '../arena.ts';
 import type { BlobId, BlobReader, BlobWriter, ByteRange, ImageChunk, ImageExtent, ImageMap } from '../api.ts';
 

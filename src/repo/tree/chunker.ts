@@ -6,7 +6,7 @@
  * in the root tree blob for information; a reader needs none of them (a file is the concatenation of its chunks).
  */
 import { createHash } from 'node:crypto';
-import { InputError } from '../../core/index.ts';
+import { InputError } from '../../core/base.ts';
 
 export interface ChunkerParams {
   algorithm: 'fastcdc-gear32';

@@ -3,7 +3,7 @@
  * two identical directories produce identical bytes and therefore the same blob id (dedup).
  * Decoding validates everything a restore will trust (names cannot escape the target directory).
  */
-import { IntegrityError } from '../../core/index.ts';
+import { IntegrityError } from '../../core/base.ts';
 import type { BlobId, TreeBlob, TreeNode } from '../api.ts';
 
 const NODE_TYPES = new Set<TreeNode['type']>([

@@ -7,7 +7,7 @@
  * An excluded directory is skipped with everything below it.
  */
 import path from 'node:path';
-import { InputError } from '../../core/index.ts';
+import { InputError } from '../../core/base.ts';
 
 function globToRegExp(glob: string): RegExp {
   let re = '';

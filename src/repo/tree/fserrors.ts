@@ -6,7 +6,7 @@ import {
   NotFoundError,
   TernError,
   UnavailableError,
-} from '../../core/index.ts';
+} from '../../core/base.ts';
 
 export function errnoOf(err: unknown): string | undefined {
   const code = (err as { code?: unknown } | null)?.code;

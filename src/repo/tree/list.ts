@@ -1,6 +1,6 @@
 /** Reading trees without restoring them: listing (ls) and the walk over every referenced blob (prune, verify). */
-import { NotFoundError, throwIfAborted } from '../../core/index.ts';
-import type { RunOptions } from '../../core/index.ts';
+import { NotFoundError, throwIfAborted } from '../../core/base.ts';
+import type { RunOptions } from '../../core/base.ts';
 import type { BlobId, BlobReader, TreeBlob, TreeNode } from '../api.ts';
 import { decodeTree } from './codec.ts';
 
