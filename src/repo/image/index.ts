@@ -6,13 +6,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import crypto from 'node:crypto';
 import type { RunOptions } from '../../core/base.ts';
-import {
-  InputError,
-  IntegrityError,
-  NoSpaceError,
-  throwIfAborted,
-  CancelledError,
-} from '../../core/base.ts';
+import { InputError, IntegrityError, NoSpaceError, throwIfAborted, CancelledError } from '../../core/base.ts';
 import { DIRECT_ALIGN, directWritable } from '../arena.ts';
 import type { BlobId, BlobReader, BlobWriter, ByteRange, ImageChunk, ImageExtent, ImageMap } from '../api.ts';
 

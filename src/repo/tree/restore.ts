@@ -18,11 +18,10 @@ import type { BlobId, BlobReader, TreeBlob, TreeNode } from '../api.ts';
 import { decodeTree } from './codec.ts';
 import { errnoOf, fsError } from './fserrors.ts';
 import { Semaphore } from './limit.ts';
+import { SmallFileWriter, SPARSE_BLOCK, type SmallFileFailure } from './small-files.ts';
 import { isAllZero } from './zero.ts';
 
 const execFileAsync = promisify(execFile);
-/** The callback API without FileHandle objects: a plain descriptor is much cheaper per small file. */
-const openAsync = promisify(fsSync.open);
 
 export interface TreeRestoreOptions extends RunOptions {
   /** Paths below the tree root ('a/b'); only these and everything below them are restored. */
@@ -44,8 +43,6 @@ export interface TreeRestoreResult {
 const LOADS_AHEAD = 4;
 /** Files of one chunk up to this size are written with synchronous calls (see writeSmallFile). */
 const SMALL_FILE = 1024 * 1024;
-/** Granularity of zero runs that are skipped instead of written. */
-const SPARSE_BLOCK = 64 * 1024;
 
 type Selection = 'all' | 'ancestor' | 'none';
 
@@ -118,6 +115,8 @@ class TreeRestore {
   private lastProgress = 0;
   /** Directories this restore created (or found empty): nothing can be in the way inside them. */
   private readonly freshDirs = new Set<string>();
+  /** Writes files of at most one chunk in worker threads. */
+  private readonly smallWriter = new SmallFileWriter();
 
   constructor(reader: BlobReader, opts: TreeRestoreOptions) {
     this.reader = reader;
@@ -150,6 +149,8 @@ class TreeRestore {
     } catch (err) {
       if (this.opts.signal?.aborted) throw new CancelledError('tree restore cancelled', { cause: err });
       throw this.firstError ? this.firstError.error : err;
+    } finally {
+      await this.smallWriter.close();
     }
     this.report(true);
     return this.result;
@@ -448,7 +449,7 @@ class TreeRestore {
     else for (const id of ids) await onBlob(id, await this.reader.loadBlob(id, { signal: this.signal }));
   }
 
-  /** Writes a small file from its loaded blob (synchronous writes and metadata calls), under a temporary name renamed into place. */
+  /** Writes a small file from its loaded blob in the file writer threads, under a temporary name renamed into place. */
   private async writeSmallSync(
     node: TreeNode,
     abs: string,
@@ -457,84 +458,38 @@ class TreeRestore {
   ): Promise<void> {
     throwIfAborted(this.signal);
     const size = node.size ?? 0;
-    const tmp = path.join(path.dirname(abs), tempName());
-    let fd: number | undefined;
+    await this.clearWay(abs, false);
+    if (data) this.bytesRead += data.length;
+    if ((data?.length ?? node.holeSizes?.[0] ?? 0) !== size)
+      throw new IntegrityError(`chunks of ${abs} do not add up to its recorded size ${size}`, {
+        details: { blob: id },
+      });
     try {
-      await this.clearWay(abs, false);
-      if (data) this.bytesRead += data.length;
-      if ((data?.length ?? node.holeSizes?.[0] ?? 0) !== size)
-        throw new IntegrityError(`chunks of ${abs} do not add up to its recorded size ${size}`, {
-          details: { blob: id },
-        });
-      // Creating and renaming take the filesystem's journal: done in libuv's pool, several at once.
-      fd = await openAsync(tmp, 'wx', 0o600);
-      let end = 0;
-      if (data) end = writeSparseSync(fd, data);
-      if (end < size) fsSync.ftruncateSync(fd, size);
-      const st = fsSync.fstatSync(fd);
-      if (st.size !== size)
-        throw new IntegrityError(`restored ${abs} has ${st.size} bytes, expected ${size}`);
-      if (this.isRoot && (st.uid !== node.uid || st.gid !== node.gid))
-        fsSync.fchownSync(fd, node.uid, node.gid);
-      fsSync.fchmodSync(fd, node.mode);
-      const t = timesOf(node);
-      fsSync.futimesSync(fd, t, t);
-      fsSync.closeSync(fd);
-      fd = undefined;
-      await fs.rename(tmp, abs);
+      await this.smallWriter.write({
+        tmp: path.join(path.dirname(abs), tempName()),
+        abs,
+        mode: node.mode,
+        uid: this.isRoot ? node.uid : -1,
+        gid: this.isRoot ? node.gid : -1,
+        time: timesOf(node),
+        size,
+        data,
+      });
     } catch (err) {
-      if (fd !== undefined) fsSync.closeSync(fd);
-      fsSync.rmSync(tmp, { force: true });
-      throw fsError(err, `restoring ${abs}`);
+      const f = err as SmallFileFailure;
+      if (f.code === 'SIZE') throw new IntegrityError(f.message);
+      throw fsError(Object.assign(new Error(f.message), { code: f.code }), `restoring ${abs}`);
     }
     this.result.files++;
     this.result.bytes += size;
     this.report();
   }
 
-  /**
-   * A file of at most one chunk: load it, then write it with synchronous calls. On a local filesystem these take
-   * microseconds, while each asynchronous call costs a round trip through libuv's pool (it dominated restores of
-   * many small files).
-   */
+  /** A file of at most one chunk: load it, then write it like the batched small files. */
   private async writeSmallFile(node: TreeNode, abs: string): Promise<void> {
-    const size = node.size ?? 0;
     const id = node.content?.[0] ?? null;
     const data = id === null ? undefined : await this.reader.loadBlob(id, { signal: this.signal });
-    throwIfAborted(this.signal);
-    const tmp = path.join(path.dirname(abs), tempName());
-    let fd: number | undefined;
-    try {
-      await this.clearWay(abs, false);
-      if (data) this.bytesRead += data.length;
-      if ((data?.length ?? node.holeSizes?.[0] ?? 0) !== size)
-        throw new IntegrityError(`chunks of ${abs} do not add up to its recorded size ${size}`, {
-          details: { blob: id },
-        });
-      // Creating and renaming take the filesystem's journal: done in libuv's pool, several at once.
-      fd = await openAsync(tmp, 'wx', 0o600);
-      let end = 0;
-      if (data) end = writeSparseSync(fd, data);
-      if (end < size) fsSync.ftruncateSync(fd, size);
-      const st = fsSync.fstatSync(fd);
-      if (st.size !== size)
-        throw new IntegrityError(`restored ${abs} has ${st.size} bytes, expected ${size}`);
-      if (this.isRoot && (st.uid !== node.uid || st.gid !== node.gid))
-        fsSync.fchownSync(fd, node.uid, node.gid);
-      fsSync.fchmodSync(fd, node.mode);
-      const t = timesOf(node);
-      fsSync.futimesSync(fd, t, t);
-      fsSync.closeSync(fd);
-      fd = undefined;
-      await fs.rename(tmp, abs);
-    } catch (err) {
-      if (fd !== undefined) fsSync.closeSync(fd);
-      fsSync.rmSync(tmp, { force: true });
-      throw fsError(err, `restoring ${abs}`);
-    }
-    this.result.files++;
-    this.result.bytes += size;
-    this.report();
+    await this.writeSmallSync(node, abs, data, id);
   }
 
   private async writeFile(node: TreeNode, abs: string): Promise<void> {
@@ -599,28 +554,6 @@ class TreeRestore {
     this.result.files++;
     this.result.bytes += size;
   }
-}
-
-/** writeSparse for a whole small file at offset 0; returns the end of the last byte written. */
-function writeSparseSync(fd: number, data: Buffer): number {
-  let runStart = -1;
-  let written = 0;
-  const flush = (from: number, to: number): void => {
-    let done = from;
-    while (done < to) done += fsSync.writeSync(fd, data, done, to - done, done);
-    written = to;
-  };
-  for (let o = 0; o < data.length; o += SPARSE_BLOCK) {
-    const end = Math.min(o + SPARSE_BLOCK, data.length);
-    const zero = end - o === SPARSE_BLOCK && isAllZero(data, o, end);
-    if (!zero && runStart < 0) runStart = o;
-    else if (zero && runStart >= 0) {
-      flush(runStart, o);
-      runStart = -1;
-    }
-  }
-  if (runStart >= 0) flush(runStart, data.length);
-  return written;
 }
 
 /** Writes `data` at `position`, skipping all-zero blocks (the file was pre-sized, so they read as zeros). */
