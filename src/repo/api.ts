@@ -43,6 +43,11 @@ export interface LoadOptions extends RunOptions {
    * (associated data), so only a holder of the key could have sealed these bytes under this id.
    */
   verify?: boolean;
+  /**
+   * loadMany: ranged reads (runs) in flight, at most 8 (default 3). An image restore, whose memory is small,
+   * uses more so its writer finds more neighbouring chunks to merge; a tree restore keeps the default.
+   */
+  runsInFlight?: number;
 }
 
 export interface BlobReader {

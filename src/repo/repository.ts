@@ -76,6 +76,8 @@ const BATCH_BUF = BATCH_BYTES + SMALL_BLOB + 28 * BATCH_BLOBS + 28;
 const RUN_BYTES = 4 * 1024 * 1024;
 const RUN_GAP = 256 * 1024;
 const RUNS_IN_FLIGHT = 3;
+/** Most runs in flight a caller may ask for (LoadOptions.runsInFlight): the arena's slots. */
+const MAX_RUNS_IN_FLIGHT = 8;
 /** Size of the recycled read and plaintext buffers of loadMany: a run plus its last blob. */
 const RUN_BUF = RUN_BYTES + 2 * 1024 * 1024;
 
@@ -351,9 +353,11 @@ export class Repository implements BlobReader {
     // Read and plaintext buffers of RUN_BUF bytes go round (main → worker → main) instead of being garbage,
     // kept by the repository across calls: a tree restore calls loadMany once per batch of small files.
     const freeRead = this.freeRunRead;
-    const arena = (this.runArena ??= new RunArena(RUNS_IN_FLIGHT, RUN_BUF));
+    const inFlight = Math.max(1, Math.min(MAX_RUNS_IN_FLIGHT, opts.runsInFlight ?? RUNS_IN_FLIGHT));
+    // Slots are committed memory only once used; the most recently returned slot is taken first.
+    const arena = (this.runArena ??= new RunArena(MAX_RUNS_IN_FLIGHT, RUN_BUF));
     const getRangeInto = this.store.getRangeInto?.bind(this.store);
-    await mapLimit(runs, RUNS_IN_FLIGHT, async (run) => {
+    await mapLimit(runs, inFlight, async (run) => {
       throwIfAborted(opts.signal);
       const what = packKey(this.index.packIds[run.pack]!);
       const len = run.end - run.start;
@@ -421,7 +425,7 @@ export class Repository implements BlobReader {
             return p;
           }),
         );
-        if (r.buf?.byteLength === RUN_BUF && freeRead.length < RUNS_IN_FLIGHT) freeRead.push(r.buf);
+        if (r.buf?.byteLength === RUN_BUF && freeRead.length < inFlight) freeRead.push(r.buf);
       } finally {
         // A slot goes back only when no worker can still be writing into it: after its reply (or its failure).
         if (slot !== undefined) arena.give(slot);

@@ -529,7 +529,9 @@ export async function restoreImage(
       );
     };
     const ids = [...targets.keys()];
-    if (reader.loadMany) await reader.loadMany(ids, onBlob, { signal: opts.signal });
+    // 8 runs in flight (of up to 4 MiB each): the writer then finds more neighbouring chunks to merge
+    // (2 GiB compressible: ~950 writes and 1.6-2.0 s with 3 runs, ~500 writes and 1.4 s with 8).
+    if (reader.loadMany) await reader.loadMany(ids, onBlob, { signal: opts.signal, runsInFlight: 8 });
     else {
       let next = 0;
       const worker = async (): Promise<void> => {
