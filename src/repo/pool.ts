@@ -55,9 +55,10 @@ export type WorkerRequest =
 
 /**
  * Per blob of a `loadRun`, in `meta`: type, compression, plaintext length, offset and sealed length in the
- * run buffer. Typed arrays, not objects: structured cloning costs ~2 µs per object, a typed array is a copy.
+ * run buffer, offset of its plaintext in the output. Typed arrays, not objects: structured cloning costs ~2 µs
+ * per object, a typed array is a copy.
  */
-export const RUN_META = 5;
+export const RUN_META = 6;
 
 export type WorkerResponse =
   | {

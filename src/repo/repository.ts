@@ -37,7 +37,7 @@ import {
 } from './format.ts';
 import { DEFAULT_KDF, makeKeyFile, parseKeyFile, unwrapKey } from './keys.ts';
 import { RepoLock } from './lock.ts';
-import { RunArena } from './arena.ts';
+import { DIRECT_ALIGN, RunArena } from './arena.ts';
 import { CryptoPool, ownArrayBuffer, RUN_META } from './pool.ts';
 
 export interface RepoConfig {
@@ -380,16 +380,33 @@ export class Repository implements BlobReader {
             },
           );
       } else ab = ownArrayBuffer(await this.readPackRange(what, run.start, len, opts));
-      let total = 0;
-      for (const { e } of run.blobs) total += e.rawLength;
+      // Where each plaintext goes: back to back, or, in an arena slot, blobs of 4 KiB or more each on a 4 KiB
+      // boundary, so an image restore can write them with O_DIRECT whatever came before them in the pack
+      // (a short tail chunk, say); back to back when that padding would not fit the slot.
+      const outAt = (aligned: boolean): { at: number[]; total: number } => {
+        const at: number[] = [];
+        let end = 0;
+        for (const { e } of run.blobs) {
+          if (aligned && e.rawLength >= DIRECT_ALIGN) end = Math.ceil(end / DIRECT_ALIGN) * DIRECT_ALIGN;
+          at.push(end);
+          end += e.rawLength;
+        }
+        return { at, total: end };
+      };
+      let layout = outAt(false);
       // A free arena slot when the run fits one (concurrent loadMany calls may have taken them all).
-      const slot = total <= RUN_BUF ? arena.take() : undefined;
+      const slot = layout.total <= RUN_BUF ? arena.take() : undefined;
+      if (slot !== undefined) {
+        const aligned = outAt(true);
+        if (aligned.total <= RUN_BUF) layout = aligned;
+      }
+      const { at, total } = layout;
       const n = run.blobs.length;
       const ids = new Uint8Array(32 * n);
       const meta = new Uint32Array(RUN_META * n);
       run.blobs.forEach(({ id, e }, i) => {
         ids.set(Buffer.from(id, 'hex'), 32 * i);
-        meta.set([e.type, e.comp, e.rawLength, e.offset - run.start, e.length], RUN_META * i);
+        meta.set([e.type, e.comp, e.rawLength, e.offset - run.start, e.length, at[i]!], RUN_META * i);
       });
       try {
         let r;
@@ -417,13 +434,8 @@ export class Repository implements BlobReader {
         }
         const plain = slot === undefined ? Buffer.from(r.plain!) : Buffer.from(arena.buffer, slot, total);
         throwIfAborted(opts.signal);
-        let pos = 0;
         await Promise.all(
-          run.blobs.map(({ id, e }) => {
-            const p = onBlob(id, plain.subarray(pos, pos + e.rawLength));
-            pos += e.rawLength;
-            return p;
-          }),
+          run.blobs.map(({ id, e }, i) => onBlob(id, plain.subarray(at[i]!, at[i]! + e.rawLength))),
         );
         if (r.buf?.byteLength === RUN_BUF && freeRead.length < inFlight) freeRead.push(r.buf);
       } finally {

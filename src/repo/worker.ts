@@ -100,19 +100,19 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
     };
   }
   if (req.op === 'loadRun') {
-    // Adjacent blobs of one pack, read in one go: plaintexts are concatenated in request order.
+    // Adjacent blobs of one pack, read in one go: each plaintext goes to its offset in the output (meta).
     const m = req.meta;
     const n = m.length / RUN_META;
     let total = 0;
-    for (let i = 0; i < n; i++) total += m[i * RUN_META + 2]!;
+    for (let i = 0; i < n; i++) total = Math.max(total, m[i * RUN_META + 5]! + m[i * RUN_META + 2]!);
     const out = req.shared
       ? Buffer.from(req.shared, req.sharedOffset ?? 0, total)
       : req.out && req.out.byteLength >= total
         ? Buffer.from(req.out)
         : Buffer.allocUnsafeSlow(total);
-    let pos = 0;
     for (let i = 0; i < n; i++) {
       const k = i * RUN_META;
+      const pos = m[k + 5]!;
       const type = m[k]!;
       const comp = m[k + 1]!;
       const rawLength = m[k + 2]!;
@@ -141,7 +141,6 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
         const plain = openOne({ id, type, comp, rawLength, what: req.what, verify: req.verify }, sealed);
         plain.copy(out, pos);
       }
-      pos += rawLength;
     }
     if (req.shared) return { res: { seq: req.seq, ok: true, buf: req.buf }, transfer: [req.buf] };
     const ab = req.out && out.buffer === req.out ? req.out : ownArrayBuffer(out);

@@ -159,7 +159,7 @@ export class SmallFileWriter {
       // their (possibly much larger) buffer, which structured cloning would otherwise copy whole.
       const jobs = batch.map(({ job }) =>
         job.data && !(job.data.buffer instanceof SharedArrayBuffer)
-          ? { ...job, data: job.data.slice() }
+          ? { ...job, data: Uint8Array.prototype.slice.call(job.data) } // a copy (Buffer.slice is a view)
           : job,
       );
       slot.worker.postMessage({ seq, jobs });
