@@ -291,7 +291,12 @@ describe('DR through tern server (two sites)', { timeout: 600_000 }, () => {
       return r[0]?.paths[0]?.restorePoints === 1 ? r : undefined;
     });
     timings.timerImportMs = Date.now() - t1;
-    assert.match(west.log(), /dr import policy shop-vault: 1 imported/);
+    // The server logs the import after it has recorded it: the report can show it a moment earlier.
+    await until(
+      'the import to be logged',
+      () => Promise.resolve(/dr import policy shop-vault: 1 imported/.test(west.log()) ? true : undefined),
+      10_000,
+    );
     const p = report[0]?.paths[0];
     assert.ok(p);
     assert.equal(p.path, 'repository');
