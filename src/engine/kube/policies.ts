@@ -9,6 +9,7 @@
  * datamover Jobs (not built).
  */
 import type { Clock } from '../../core/index.ts';
+import { PollLoop } from './poll-loop.ts';
 import { InputError, describeError, frequencyToCron, isValidCron, systemClock } from '../../core/index.ts';
 import type { Frequency } from '../../core/index.ts';
 import type { Retention } from '../../core/model.ts';
@@ -57,34 +58,28 @@ export class PolicyReconciler {
   private readonly o: PolicyReconcilerOptions;
   private readonly clock: Clock;
 
-  private loop: Promise<void> | undefined;
-  private ac: AbortController | undefined;
+  private readonly poller: PollLoop;
   /** Orphaned snapshots not yet recorded on their Policy (the API server was gone), by Policy name. */
   private readonly pendingOrphans = new Map<string, OrphanedSnapshot[]>();
 
   constructor(o: PolicyReconcilerOptions) {
     this.o = o;
     this.clock = o.clock ?? systemClock;
+    this.poller = new PollLoop({
+      label: 'policies',
+      step: (signal) => this.reconcileOnce(signal),
+      intervalMs: o.pollMs ?? 30_000,
+      clock: systemClock,
+      log: o.log,
+    });
   }
 
   start(): void {
-    this.ac = new AbortController();
-    const signal = this.ac.signal;
-    this.loop = (async () => {
-      while (!signal.aborted) {
-        try {
-          await this.reconcileOnce(signal);
-        } catch (err) {
-          this.o.log?.(`policies: ${describeError(err)}`);
-        }
-        await systemClock.sleep(this.o.pollMs ?? 30_000, signal).catch(() => undefined);
-      }
-    })();
+    this.poller.start();
   }
 
   async stop(): Promise<void> {
-    this.ac?.abort(new Error('stopped'));
-    await this.loop;
+    await this.poller.stop();
   }
 
   /** Runs every due Policy once; returns the RestorePoints made. */

@@ -8,6 +8,7 @@
  * Lease (leader.ts). Datamover Jobs (`source: repository`) are not built.
  */
 import type { Clock } from '../../core/index.ts';
+import { PollLoop } from './poll-loop.ts';
 import { InputError, NotFoundError, describeError, errorRecord, systemClock } from '../../core/index.ts';
 import {
   loadExportedBundle,
@@ -63,32 +64,26 @@ interface Phase {
 export class RestoreActionReconciler {
   private readonly o: ReconcilerOptions;
   private readonly clock: Clock;
-  private loop: Promise<void> | undefined;
-  private ac: AbortController | undefined;
+  private readonly poller: PollLoop;
 
   constructor(o: ReconcilerOptions) {
     this.o = o;
     this.clock = o.clock ?? systemClock;
+    this.poller = new PollLoop({
+      label: 'reconcile',
+      step: (signal) => this.reconcileOnce(signal),
+      intervalMs: o.pollMs ?? 2000,
+      clock: this.clock,
+      log: o.log,
+    });
   }
 
   start(): void {
-    this.ac = new AbortController();
-    const signal = this.ac.signal;
-    this.loop = (async () => {
-      while (!signal.aborted) {
-        try {
-          await this.reconcileOnce(signal);
-        } catch (err) {
-          this.o.log?.(`reconcile: ${describeError(err)}`);
-        }
-        await this.clock.sleep(this.o.pollMs ?? 2000, signal).catch(() => undefined);
-      }
-    })();
+    this.poller.start();
   }
 
   async stop(): Promise<void> {
-    this.ac?.abort(new Error('stopped'));
-    await this.loop;
+    await this.poller.stop();
   }
 
   /** Runs every RestoreAction that has no state yet; returns how many ran. */
