@@ -114,7 +114,7 @@ export class Repository implements BlobReader {
   private readonly key: MasterKey;
   private poolInstance: CryptoPool | undefined;
   private readonly workers: number | undefined;
-  /** loadMany's recycled RUN_BUF read buffers (at most RUNS_IN_FLIGHT kept). */
+  /** loadMany's recycled RUN_BUF read buffers (at most as many as runs in flight kept). */
   private readonly freeRunRead: ArrayBuffer[] = [];
   /** loadMany's plaintext slots: page-aligned shared memory the workers write into (made on first use). */
   private runArena: RunArena | undefined;

@@ -41,7 +41,7 @@ export interface TreeRestoreResult {
 
 /** Blob loads in flight per file. */
 const LOADS_AHEAD = 4;
-/** Files of one chunk up to this size are written with synchronous calls (see writeSmallFile). */
+/** Files of one chunk up to this size are written by the small-file writer threads (small-files.ts). */
 const SMALL_FILE = 1024 * 1024;
 
 type Selection = 'all' | 'ancestor' | 'none';
@@ -434,7 +434,7 @@ class TreeRestore {
     for (const f of files) {
       const id = f.node.content?.[0] ?? null;
       if (id === null) {
-        await this.writeSmallSync(f.node, f.abs, undefined, null);
+        await this.writeSmallLoaded(f.node, f.abs, undefined, null);
         continue;
       }
       let list = byId.get(id);
@@ -442,7 +442,7 @@ class TreeRestore {
       list.push(f);
     }
     const onBlob = async (id: BlobId, plain: Buffer): Promise<void> => {
-      for (const f of byId.get(id) ?? []) await this.writeSmallSync(f.node, f.abs, plain, id);
+      for (const f of byId.get(id) ?? []) await this.writeSmallLoaded(f.node, f.abs, plain, id);
     };
     const ids = [...byId.keys()];
     if (this.reader.loadMany) await this.reader.loadMany(ids, onBlob, { signal: this.signal });
@@ -450,7 +450,7 @@ class TreeRestore {
   }
 
   /** Writes a small file from its loaded blob in the file writer threads, under a temporary name renamed into place. */
-  private async writeSmallSync(
+  private async writeSmallLoaded(
     node: TreeNode,
     abs: string,
     data: Buffer | undefined,
@@ -489,7 +489,7 @@ class TreeRestore {
   private async writeSmallFile(node: TreeNode, abs: string): Promise<void> {
     const id = node.content?.[0] ?? null;
     const data = id === null ? undefined : await this.reader.loadBlob(id, { signal: this.signal });
-    await this.writeSmallSync(node, abs, data, id);
+    await this.writeSmallLoaded(node, abs, data, id);
   }
 
   private async writeFile(node: TreeNode, abs: string): Promise<void> {
