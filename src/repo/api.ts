@@ -1,7 +1,8 @@
 /**
  * The contract between the repository engine (keys, packs, index, snapshots, locks: src/repo/*.ts)
  * and the walkers that turn a source into blobs (block images: src/repo/image/, directory trees: src/repo/tree/).
- * Walkers never see keys, packs or the object store; the repository never sees files.
+ * Walkers never see keys, packs or the object store; the repository never walks files (it only writes whole
+ * small files a tree restore hands it with `writeFiles`, next to where their blobs are decrypted).
  */
 import type { RunOptions } from '../core/base.ts';
 
@@ -63,8 +64,45 @@ export interface BlobReader {
     onBlob: (id: BlobId, plain: Buffer) => Promise<void>,
     opts?: LoadOptions,
   ): Promise<void>;
+  /**
+   * Optional, for tree restores: writes files whose whole content is one blob, each file right after its blob
+   * is decrypted, in the reader's worker threads (so the plaintext never comes back to the caller). Blobs are
+   * read in storage order like `loadMany`. Resolves with one entry per file, in order: null when written,
+   * else why not (an IntegrityError of a blob rejects the whole call instead).
+   */
+  writeFiles?(files: BlobFile[], opts?: LoadOptions): Promise<(FileFailure | null)[]>;
   /** Plaintext length of a blob without loading it. */
   blobSize(id: BlobId): number | undefined;
+}
+
+/** A regular file to create from one blob (`writeFiles`) or from bytes at hand. */
+export interface FileJob {
+  /** where to create it (exclusively: it must not exist) */
+  path: string;
+  /** when set, `path` is a temporary name renamed to this once the file is complete */
+  renameTo?: string;
+  mode: number;
+  /** owner to set, or -1 to leave it (not root) */
+  uid: number;
+  gid: number;
+  /** mtime (and atime) in seconds, as `utimes` takes it */
+  time: number;
+  /** its size, which its blob must have */
+  size: number;
+}
+
+export interface BlobFile {
+  id: BlobId;
+  job: FileJob;
+}
+
+/**
+ * Why a file could not be written: an errno code (ENOSPC, EACCES ...), 'SIZE' when its blob does not have the
+ * file's size, 'EWORKER' when the writing thread died.
+ */
+export interface FileFailure {
+  code: string;
+  message: string;
 }
 
 /** Common JSON shape of one node in a directory tree blob (type 'tree'). */

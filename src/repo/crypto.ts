@@ -147,6 +147,38 @@ export function openInto(
   return pos - start;
 }
 
+/** What `openBlob` needs to know of a blob besides its sealed bytes. */
+export interface SealedBlobInfo {
+  id: Uint8Array;
+  type: number;
+  comp: number;
+  rawLength: number;
+  /** the object it was read from, for errors */
+  what: string;
+  /** recompute the keyed hash and compare it with the id */
+  verify: boolean;
+}
+
+/** Decrypts (and decompresses) one blob; with `verify`, its keyed hash is recomputed and compared with its id. */
+export function openBlob(
+  encKey: CipherKey,
+  idKey: Buffer | IdHasher,
+  req: SealedBlobInfo,
+  sealed: Uint8Array,
+): Buffer {
+  const { what, id } = req;
+  const short = (): string => Buffer.from(id).toString('hex').slice(0, 16);
+  const plainComp = open(encKey, sealed, blobAad(id, req.type, req.comp), what);
+  const plain = decompress(plainComp, req.comp, req.rawLength, what);
+  if (plain.length !== req.rawLength)
+    throw new IntegrityError(
+      `${what}: blob ${short()} has ${plain.length} bytes, index says ${req.rawLength}`,
+    );
+  if (req.verify && !crypto.timingSafeEqual(blobIdOf(idKey, plain), id))
+    throw new IntegrityError(`${what}: blob ${short()} content does not match its id`);
+  return plain;
+}
+
 /** Shannon entropy (bits per byte) of the first `n` bytes: a cheap "is this already compressed?" test. */
 function sampleEntropy(b: Uint8Array, n: number): number {
   const m = Math.min(b.length, n);

@@ -2,7 +2,9 @@
 import { Worker } from 'node:worker_threads';
 import os from 'node:os';
 import { IntegrityError, StorageError } from '../core/errors.ts';
+import type { FileFailure } from './api.ts';
 import type { MasterKey } from './crypto.ts';
+import type { PackedJobs } from './files.ts';
 
 export type WorkerRequest =
   | { op: 'keys'; seq: number; encKey: Uint8Array; idKey: Uint8Array }
@@ -49,6 +51,8 @@ export type WorkerRequest =
       /** or: shared memory to write the plaintexts into, at `sharedOffset` (nothing is returned) */
       shared?: SharedArrayBuffer;
       sharedOffset?: number;
+      /** or: files to write from the blobs (Repository.writeFiles); nothing but `failures` is returned */
+      files?: PackedJobs;
       what: string;
       verify: boolean;
     };
@@ -75,10 +79,12 @@ export type WorkerResponse =
        * `sealed` holds the sealed blobs back to back. */
       ids?: Uint8Array;
       meta?: Uint32Array;
+      /** loadRun with files: per file job, in request order, null when written */
+      failures?: (FileFailure | null)[];
     }
   | { seq: number; ok: false; error: string; integrity: boolean };
 
-type Ok = Extract<WorkerResponse, { ok: true }>;
+export type Ok = Extract<WorkerResponse, { ok: true }>;
 
 interface Slot {
   worker: Worker;

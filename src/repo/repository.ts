@@ -20,13 +20,24 @@ import type {
   BlobId,
   BlobReader,
   BlobType,
+  BlobFile,
   BlobWriter,
+  FileFailure,
+  FileJob,
   LoadOptions,
   SaveResult,
   SnapshotManifest,
 } from './api.ts';
 import { BlobIndex, type BlobEntry } from './blob-index.ts';
-import { openObject, sealObject, TYPE_DATA, TYPE_TREE, type MasterKey } from './crypto.ts';
+import {
+  IdHasher,
+  openBlob,
+  openObject,
+  sealObject,
+  TYPE_DATA,
+  TYPE_TREE,
+  type MasterKey,
+} from './crypto.ts';
 import {
   decodeIndex,
   encodeIndex,
@@ -38,7 +49,8 @@ import {
 import { DEFAULT_KDF, makeKeyFile, parseKeyFile, unwrapKey } from './keys.ts';
 import { RepoLock } from './lock.ts';
 import { DIRECT_ALIGN, RunArena } from './arena.ts';
-import { CryptoPool, ownArrayBuffer, RUN_META } from './pool.ts';
+import { CryptoPool, ownArrayBuffer, RUN_META, type Ok, type WorkerRequest } from './pool.ts';
+import { packJobs } from './files.ts';
 
 export interface RepoConfig {
   version: 1;
@@ -78,6 +90,8 @@ const RUN_GAP = 256 * 1024;
 const RUNS_IN_FLIGHT = 3;
 /** Most runs in flight a caller may ask for (LoadOptions.runsInFlight): the arena's slots. */
 const MAX_RUNS_IN_FLIGHT = 8;
+/** Blobs sealed in at most this many bytes are opened on the calling thread, not in the pool. */
+const INLINE_OPEN = 64 * 1024;
 /** Size of the recycled read and plaintext buffers of loadMany: a run plus its last blob. */
 const RUN_BUF = RUN_BYTES + 2 * 1024 * 1024;
 
@@ -103,6 +117,15 @@ async function mapLimit<T>(items: T[], limit: number, fn: (t: T) => Promise<void
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, run));
 }
 
+/** Adjacent blobs of one pack, read in one ranged read (loadMany, writeFiles). */
+interface LoadRun {
+  pack: number;
+  start: number;
+  end: number;
+  raw: number;
+  blobs: { id: BlobId; e: BlobEntry }[];
+}
+
 export class Repository implements BlobReader {
   readonly store: ObjectStore;
   readonly config: RepoConfig;
@@ -112,6 +135,8 @@ export class Repository implements BlobReader {
   /** index object keys loaded (index/<id>) */
   indexFiles: string[] = [];
   private readonly key: MasterKey;
+  /** Keys for blobs opened on this thread (openBlob of small blobs). */
+  private inlineKeys: { enc: crypto.KeyObject; id: IdHasher } | undefined;
   private poolInstance: CryptoPool | undefined;
   private readonly workers: number | undefined;
   /** loadMany's recycled RUN_BUF read buffers (at most as many as runs in flight kept). */
@@ -298,17 +323,8 @@ export class Repository implements BlobReader {
     return sealed;
   }
 
-  /**
-   * Bulk load (BlobReader.loadMany): blobs sorted by pack and offset, neighbours merged into ranged reads of
-   * up to RUN_BYTES (gaps up to RUN_GAP are read through), RUNS_IN_FLIGHT reads at once, each run decrypted
-   * by one worker in one message.
-   */
-  async loadMany(
-    ids: BlobId[],
-    onBlob: (id: BlobId, plain: Buffer) => Promise<void>,
-    opts: LoadOptions = {},
-  ): Promise<void> {
-    const verify = opts.verify ?? false;
+  /** Blobs to read in storage order: sorted by pack and offset, neighbours merged into runs (ranged reads). */
+  private planRuns(ids: Iterable<BlobId>): LoadRun[] {
     const items: { id: BlobId; e: BlobEntry }[] = [];
     const seen = new Set<string>();
     for (const id of ids) {
@@ -321,13 +337,7 @@ export class Repository implements BlobReader {
     }
     items.sort((a, b) => a.e.pack - b.e.pack || a.e.offset - b.e.offset);
     // A run is capped in sealed and in plaintext bytes (compressed blobs expand), so both fit RUN_BUF buffers.
-    const runs: {
-      pack: number;
-      start: number;
-      end: number;
-      raw: number;
-      blobs: { id: BlobId; e: BlobEntry }[];
-    }[] = [];
+    const runs: LoadRun[] = [];
     for (const it of items) {
       const last = runs[runs.length - 1];
       if (
@@ -350,36 +360,80 @@ export class Repository implements BlobReader {
           blobs: [it],
         });
     }
-    // Read and plaintext buffers of RUN_BUF bytes go round (main → worker → main) instead of being garbage,
-    // kept by the repository across calls: a tree restore calls loadMany once per batch of small files.
-    const freeRead = this.freeRunRead;
+    return runs;
+  }
+
+  /**
+   * Reads a run's sealed bytes into a buffer for a worker: a recycled RUN_BUF buffer when the store reads
+   * into caller memory (read and plaintext buffers go round main → worker → main instead of being garbage,
+   * kept across calls: a tree restore loads batch after batch).
+   */
+  private async readRun(run: LoadRun, what: string, opts: LoadOptions): Promise<ArrayBuffer> {
+    const len = run.end - run.start;
+    const getRangeInto = this.store.getRangeInto?.bind(this.store);
+    if (!getRangeInto || len > RUN_BUF)
+      return ownArrayBuffer(await this.readPackRange(what, run.start, len, opts));
+    const ab = this.freeRunRead.pop() ?? new ArrayBuffer(RUN_BUF);
+    let got: number;
+    try {
+      got = await getRangeInto(what, run.start, Buffer.from(ab, 0, len), opts);
+    } catch (err) {
+      if (err instanceof NotFoundError)
+        throw new IntegrityError(`${what}: pack is missing`, { cause: err, details: { object: what } });
+      throw err;
+    }
+    if (got !== len)
+      throw new IntegrityError(`${what}: truncated (blobs at ${run.start} need ${len} bytes, got ${got})`, {
+        details: { object: what },
+      });
+    return ab;
+  }
+
+  /** A run's blobs for the worker: ids (32 bytes each) and RUN_META numbers each, plaintexts at `at`. */
+  private static runMeta(run: LoadRun, at: number[]): { ids: Uint8Array; meta: Uint32Array } {
+    const n = run.blobs.length;
+    const ids = new Uint8Array(32 * n);
+    const meta = new Uint32Array(RUN_META * n);
+    run.blobs.forEach(({ id, e }, i) => {
+      ids.set(Buffer.from(id, 'hex'), 32 * i);
+      meta.set([e.type, e.comp, e.rawLength, e.offset - run.start, e.length, at[i]!], RUN_META * i);
+    });
+    return { ids, meta };
+  }
+
+  /** Runs a run's message in the pool; an IntegrityError from the worker names the pack. */
+  private async runInPool(req: WorkerRequest, ab: ArrayBuffer, what: string): Promise<Ok> {
+    let r;
+    try {
+      r = await this.pool.run(req, [ab]);
+    } catch (err) {
+      if (err instanceof IntegrityError) throw new IntegrityError(err.message, { details: { object: what } });
+      throw err;
+    }
+    if (r.buf?.byteLength === RUN_BUF && this.freeRunRead.length < MAX_RUNS_IN_FLIGHT)
+      this.freeRunRead.push(r.buf);
+    return r;
+  }
+
+  /**
+   * Bulk load (BlobReader.loadMany): blobs sorted by pack and offset, neighbours merged into ranged reads of
+   * up to RUN_BYTES (gaps up to RUN_GAP are read through), RUNS_IN_FLIGHT reads at once, each run decrypted
+   * by one worker in one message.
+   */
+  async loadMany(
+    ids: BlobId[],
+    onBlob: (id: BlobId, plain: Buffer) => Promise<void>,
+    opts: LoadOptions = {},
+  ): Promise<void> {
+    const verify = opts.verify ?? false;
+    const runs = this.planRuns(ids);
     const inFlight = Math.max(1, Math.min(MAX_RUNS_IN_FLIGHT, opts.runsInFlight ?? RUNS_IN_FLIGHT));
     // Slots are committed memory only once used; the most recently returned slot is taken first.
     const arena = (this.runArena ??= new RunArena(MAX_RUNS_IN_FLIGHT, RUN_BUF));
-    const getRangeInto = this.store.getRangeInto?.bind(this.store);
     await mapLimit(runs, inFlight, async (run) => {
       throwIfAborted(opts.signal);
       const what = packKey(this.index.packIds[run.pack]!);
-      const len = run.end - run.start;
-      let ab: ArrayBuffer;
-      if (getRangeInto && len <= RUN_BUF) {
-        ab = freeRead.pop() ?? new ArrayBuffer(RUN_BUF);
-        let got: number;
-        try {
-          got = await getRangeInto(what, run.start, Buffer.from(ab, 0, len), opts);
-        } catch (err) {
-          if (err instanceof NotFoundError)
-            throw new IntegrityError(`${what}: pack is missing`, { cause: err, details: { object: what } });
-          throw err;
-        }
-        if (got !== len)
-          throw new IntegrityError(
-            `${what}: truncated (blobs at ${run.start} need ${len} bytes, got ${got})`,
-            {
-              details: { object: what },
-            },
-          );
-      } else ab = ownArrayBuffer(await this.readPackRange(what, run.start, len, opts));
+      const ab = await this.readRun(run, what, opts);
       // Where each plaintext goes: back to back, or, in an arena slot, blobs of 4 KiB or more each on a 4 KiB
       // boundary, so an image restore can write them with O_DIRECT whatever came before them in the pack
       // (a short tail chunk, say); back to back when that padding would not fit the slot.
@@ -401,48 +455,76 @@ export class Repository implements BlobReader {
         if (aligned.total <= RUN_BUF) layout = aligned;
       }
       const { at, total } = layout;
-      const n = run.blobs.length;
-      const ids = new Uint8Array(32 * n);
-      const meta = new Uint32Array(RUN_META * n);
-      run.blobs.forEach(({ id, e }, i) => {
-        ids.set(Buffer.from(id, 'hex'), 32 * i);
-        meta.set([e.type, e.comp, e.rawLength, e.offset - run.start, e.length, at[i]!], RUN_META * i);
-      });
+      const { ids, meta } = Repository.runMeta(run, at);
       try {
-        let r;
-        try {
-          r = await this.pool.run(
-            slot === undefined
-              ? { op: 'loadRun', seq: 0, buf: ab, ids, meta, what, verify }
-              : {
-                  op: 'loadRun',
-                  seq: 0,
-                  buf: ab,
-                  ids,
-                  meta,
-                  what,
-                  verify,
-                  shared: arena.buffer,
-                  sharedOffset: slot,
-                },
-            [ab],
-          );
-        } catch (err) {
-          if (err instanceof IntegrityError)
-            throw new IntegrityError(err.message, { details: { object: what } });
-          throw err;
-        }
+        const base = { op: 'loadRun', seq: 0, buf: ab, ids, meta, what, verify } as const;
+        const r = await this.runInPool(
+          slot === undefined ? base : { ...base, shared: arena.buffer, sharedOffset: slot },
+          ab,
+          what,
+        );
         const plain = slot === undefined ? Buffer.from(r.plain!) : Buffer.from(arena.buffer, slot, total);
         throwIfAborted(opts.signal);
         await Promise.all(
           run.blobs.map(({ id, e }, i) => onBlob(id, plain.subarray(at[i]!, at[i]! + e.rawLength))),
         );
-        if (r.buf?.byteLength === RUN_BUF && freeRead.length < inFlight) freeRead.push(r.buf);
       } finally {
         // A slot goes back only when no worker can still be writing into it: after its reply (or its failure).
         if (slot !== undefined) arena.give(slot);
       }
     });
+  }
+
+  /**
+   * BlobReader.writeFiles: like `loadMany`, but each run's worker writes the files of its blobs right after
+   * decrypting them (small-files.ts), so the plaintext stays in the worker and the main thread only plans.
+   */
+  async writeFiles(files: BlobFile[], opts: LoadOptions = {}): Promise<(FileFailure | null)[]> {
+    const failures: (FileFailure | null)[] = new Array<FileFailure | null>(files.length).fill(null);
+    const byId = new Map<BlobId, number[]>();
+    files.forEach((f, k) => {
+      const list = byId.get(f.id);
+      if (list) list.push(k);
+      else byId.set(f.id, [k]);
+    });
+    const runs = this.planRuns(byId.keys());
+    const inFlight = Math.max(1, Math.min(MAX_RUNS_IN_FLIGHT, opts.runsInFlight ?? RUNS_IN_FLIGHT));
+    await mapLimit(runs, inFlight, async (run) => {
+      throwIfAborted(opts.signal);
+      const what = packKey(this.index.packIds[run.pack]!);
+      const ab = await this.readRun(run, what, opts);
+      const at: number[] = [];
+      let end = 0;
+      const jobs: { blob: number; job: FileJob }[] = [];
+      const order: number[] = [];
+      run.blobs.forEach(({ id, e }, i) => {
+        at.push(end);
+        end += e.rawLength;
+        for (const k of byId.get(id)!) {
+          jobs.push({ blob: i, job: files[k]!.job });
+          order.push(k);
+        }
+      });
+      const { ids, meta } = Repository.runMeta(run, at);
+      const r = await this.runInPool(
+        {
+          op: 'loadRun',
+          seq: 0,
+          buf: ab,
+          ids,
+          meta,
+          what,
+          verify: opts.verify ?? false,
+          files: packJobs(jobs),
+        },
+        ab,
+        what,
+      );
+      r.failures?.forEach((f, j) => {
+        if (f) failures[order[j]!] = f;
+      });
+    });
+    return failures;
   }
 
   /** Decrypt + verify a sealed blob in the pool. */
@@ -455,6 +537,26 @@ export class Repository implements BlobReader {
     what: string,
     verify = true,
   ): Promise<Buffer> {
+    if (sealed.length <= INLINE_OPEN) {
+      // A small blob (a directory listing, say) is opened right here: in the pool it would wait behind
+      // whole runs of file data, and a tree restore's walk waits for its listings.
+      const keys = (this.inlineKeys ??= {
+        enc: crypto.createSecretKey(this.key.encKey),
+        id: new IdHasher(this.key.idKey),
+      });
+      try {
+        return openBlob(
+          keys.enc,
+          keys.id,
+          { id: Buffer.from(id, 'hex'), type, comp, rawLength, what, verify },
+          sealed,
+        );
+      } catch (err) {
+        if (err instanceof IntegrityError)
+          throw new IntegrityError(err.message, { details: { object: what, blob: id } });
+        throw err;
+      }
+    }
     const ab = ownArrayBuffer(sealed);
     try {
       const r = await this.pool.run(

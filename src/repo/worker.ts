@@ -1,4 +1,7 @@
-/** Worker thread: hash + compress + encrypt (save) and decrypt + decompress (+ verify) of blobs. */
+/**
+ * Worker thread: hash + compress + encrypt (save) and decrypt + decompress (+ verify) of blobs; for tree
+ * restores also the writing of whole small files from the blobs just decrypted (files.ts).
+ */
 import { parentPort } from 'node:worker_threads';
 import crypto from 'node:crypto';
 import { IntegrityError } from '../core/errors.ts';
@@ -7,16 +10,17 @@ import {
   blobIdOf,
   COMP_NONE,
   COMP_ZSTD,
-  decompress,
   IdHasher,
   maybeCompress,
   NONCE_LEN,
-  open,
+  openBlob,
   openInto,
   seal,
   TAG_LEN,
   ZstdInto,
 } from './crypto.ts';
+import type { FileFailure } from './api.ts';
+import { fileFailure, unpackJobs, writeFileJobSync } from './files.ts';
 import { ownArrayBuffer, RUN_META, type WorkerRequest, type WorkerResponse } from './pool.ts';
 
 let encKey: crypto.KeyObject | undefined;
@@ -24,24 +28,8 @@ let idKey: IdHasher | undefined;
 const zstd = new ZstdInto();
 /** Compressed blobs are opened into this (grown as needed, kept): no new buffer per blob. */
 let scratch = Buffer.allocUnsafeSlow(0);
-
-/** Decrypt (and decompress) one blob; with `verify`, its keyed hash is recomputed and compared with its id. */
-function openOne(
-  req: { id: Uint8Array; type: number; comp: number; rawLength: number; what: string; verify: boolean },
-  sealed: Uint8Array,
-): Buffer {
-  const { what, id } = req;
-  const short = (): string => Buffer.from(id).toString('hex').slice(0, 16);
-  const plainComp = open(encKey!, sealed, blobAad(id, req.type, req.comp), what);
-  const plain = decompress(plainComp, req.comp, req.rawLength, what);
-  if (plain.length !== req.rawLength)
-    throw new IntegrityError(
-      `${what}: blob ${short()} has ${plain.length} bytes, index says ${req.rawLength}`,
-    );
-  if (req.verify && !crypto.timingSafeEqual(blobIdOf(idKey!, plain), id))
-    throw new IntegrityError(`${what}: blob ${short()} content does not match its id`);
-  return plain;
-}
+/** Plaintexts of runs whose files this worker writes (grown as needed, kept). */
+let fileOut = Buffer.allocUnsafeSlow(0);
 
 function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffer[] } {
   if (req.op === 'keys') {
@@ -105,11 +93,18 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
     const n = m.length / RUN_META;
     let total = 0;
     for (let i = 0; i < n; i++) total = Math.max(total, m[i * RUN_META + 5]! + m[i * RUN_META + 2]!);
-    const out = req.shared
-      ? Buffer.from(req.shared, req.sharedOffset ?? 0, total)
-      : req.out && req.out.byteLength >= total
-        ? Buffer.from(req.out)
-        : Buffer.allocUnsafeSlow(total);
+    // Files to write from these blobs: the plaintexts go to this worker's own buffer and stay here.
+    const jobs = req.files ? unpackJobs(req.files) : undefined;
+    const failures: (FileFailure | null)[] = [];
+    let nextJob = 0;
+    if (jobs && fileOut.length < total) fileOut = Buffer.allocUnsafeSlow(Math.max(total, 2 * fileOut.length));
+    const out = jobs
+      ? fileOut
+      : req.shared
+        ? Buffer.from(req.shared, req.sharedOffset ?? 0, total)
+        : req.out && req.out.byteLength >= total
+          ? Buffer.from(req.out)
+          : Buffer.allocUnsafeSlow(total);
     for (let i = 0; i < n; i++) {
       const k = i * RUN_META;
       const pos = m[k + 5]!;
@@ -138,16 +133,35 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
             `${req.what}: blob ${Buffer.from(id).toString('hex').slice(0, 16)} content does not match its id`,
           );
       } else {
-        const plain = openOne({ id, type, comp, rawLength, what: req.what, verify: req.verify }, sealed);
+        const plain = openBlob(
+          encKey,
+          idKey,
+          { id, type, comp, rawLength, what: req.what, verify: req.verify },
+          sealed,
+        );
         plain.copy(out, pos);
       }
+      for (; jobs && nextJob < jobs.length && jobs[nextJob]!.blob === i; nextJob++) {
+        try {
+          writeFileJobSync(jobs[nextJob]!.job, out.subarray(pos, pos + rawLength));
+          failures.push(null);
+        } catch (err) {
+          failures.push(fileFailure(err));
+        }
+      }
     }
+    if (jobs) return { res: { seq: req.seq, ok: true, buf: req.buf, failures }, transfer: [req.buf] };
     if (req.shared) return { res: { seq: req.seq, ok: true, buf: req.buf }, transfer: [req.buf] };
     const ab = req.out && out.buffer === req.out ? req.out : ownArrayBuffer(out);
     return { res: { seq: req.seq, ok: true, plain: ab, buf: req.buf }, transfer: [ab, req.buf] };
   }
   // load
-  const plain = openOne({ ...req, id: Buffer.from(req.id, 'hex') }, new Uint8Array(req.buf, 0, req.length));
+  const plain = openBlob(
+    encKey,
+    idKey,
+    { ...req, id: Buffer.from(req.id, 'hex') },
+    new Uint8Array(req.buf, 0, req.length),
+  );
   const ab = ownArrayBuffer(plain);
   return { res: { seq: req.seq, ok: true, plain: ab }, transfer: [ab] };
 }

@@ -1,6 +1,7 @@
 /**
  * A full disk during a tree restore: a real tmpfs too small for the tree. The restore fails with NoSpaceError,
- * and no file that did not fit is left looking complete (nor any temporary file).
+ * and no file that did not fit is left looking complete (nor any temporary file), both from an in-memory
+ * reader (files written by the main thread) and from a repository (small files written by its workers).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,6 +11,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { NoSpaceError } from '../../src/core/index.ts';
+import { Repository } from '../../src/repo/index.ts';
+import { LocalStore } from '../../src/storage/index.ts';
 import { backupTree, restoreTree } from '../../src/repo/tree/index.ts';
 import { MemoryBlobs } from '../unit/tree-memory-repo.ts';
 
@@ -52,5 +55,56 @@ test(
         .digest('hex');
       assert.equal(got, sums.get(name), `${name} is complete-looking but wrong`);
     }
+  },
+);
+
+test(
+  'the same through a repository, whose workers write the small files: NoSpaceError, nothing partial left',
+  { skip: !canMount && 'needs root to mount a tmpfs' },
+  async (t) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-nospace-'));
+    const mnt = path.join(dir, 'mnt');
+    fs.mkdirSync(mnt);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mnt]);
+    t.after(() => {
+      execFileSync('umount', [mnt]);
+      fs.rmSync(dir, { recursive: true, force: true });
+    });
+    const src = path.join(dir, 'src');
+    const sums = new Map<string, string>();
+    const put = (rel: string, data: Buffer): void => {
+      fs.mkdirSync(path.dirname(path.join(src, rel)), { recursive: true });
+      fs.writeFileSync(path.join(src, rel), data);
+      sums.set(rel, createHash('sha256').update(data).digest('hex'));
+    };
+    for (let i = 0; i < 3; i++) put(`top${i}.bin`, randomBytes(100 * 1024 + i));
+    for (let i = 0; i < 40; i++) put(`d/e/f${i}.bin`, randomBytes(150 * 1024 + i));
+    const store = new LocalStore(path.join(dir, 'repo'));
+    const repo = await Repository.init(store, 'pw', { kdf: { N: 1024, r: 8, p: 1 } });
+    t.after(() => repo.close());
+    const session = await repo.startBackup();
+    const { tree } = await backupTree(session, src, { reader: repo });
+    await session.saveSnapshot({
+      paths: [src],
+      tags: [],
+      root: { kind: 'tree', tree },
+      summary: { bytesRead: 0, bytesAdded: 0, durationMs: 0 },
+    });
+    await session.close();
+    const target = path.join(mnt, 'restore');
+    await assert.rejects(restoreTree(repo, tree, target), (err: unknown) => {
+      assert.ok(err instanceof NoSpaceError, String(err));
+      assert.match((err as Error).message, /no space left on device while restoring .*\.bin/);
+      return true;
+    });
+    // The directory being filled under a temporary name is gone; top-level files are whole or absent.
+    for (const name of fs.readdirSync(target)) {
+      assert.ok(!name.startsWith('.tern-restore-'), `temporary entry ${name} left behind`);
+      const got = createHash('sha256')
+        .update(fs.readFileSync(path.join(target, name)))
+        .digest('hex');
+      assert.equal(got, sums.get(name), `${name} is complete-looking but wrong`);
+    }
+    assert.equal(fs.existsSync(path.join(target, 'd')), false);
   },
 );

@@ -22,13 +22,13 @@ function contents(root: string): string[] {
   return out.sort();
 }
 
-test('a tree of more small files than the restore queue holds (three levels, 10k files) round-trips', async (t) => {
+test('a tree of more small files than the restore queue holds (three levels, 18k files) round-trips', async (t) => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-many-'));
   t.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
   const src = path.join(tmp, 'src');
-  // 2 × 25 directories of 200 files: more than two restore batches, more directories than listings in flight.
+  // 2 × 45 directories of 200 files: more than two restore batches, more directories than listings in flight.
   for (let a = 0; a < 2; a++)
-    for (let b = 0; b < 25; b++) {
+    for (let b = 0; b < 45; b++) {
       const dir = path.join(src, `a${a}`, `b${b}`);
       fs.mkdirSync(dir, { recursive: true });
       for (let f = 0; f < 200; f++)
@@ -36,12 +36,12 @@ test('a tree of more small files than the restore queue holds (three levels, 10k
     }
   const repo = new MemoryBlobs();
   const { tree, stats } = await backupTree(repo, src);
-  assert.equal(stats.filesNew, 10_000);
-  assert.equal(stats.dirs, 1 + 2 + 50);
+  assert.equal(stats.filesNew, 18_000);
+  assert.equal(stats.dirs, 1 + 2 + 90);
   // The same tree again gives the same id (subdirectories walked a few at a time keep the order of nodes).
   assert.equal((await backupTree(new MemoryBlobs(), src)).tree, tree);
   const dst = path.join(tmp, 'dst');
   const r = await restoreTree(repo, tree, dst);
-  assert.equal(r.files, 10_000);
+  assert.equal(r.files, 18_000);
   assert.deepEqual(contents(dst), contents(src));
 });

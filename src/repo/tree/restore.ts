@@ -1,10 +1,16 @@
 /**
  * Restore of a directory tree from blobs.
  *
- * Every file is written under a temporary name in its final directory, checked (size), given its metadata and
- * only then renamed into place, so an interrupted or failed restore never leaves a complete-looking file.
- * Holes (null chunks) and all-zero runs inside chunks are not written: the file is sized first with ftruncate,
- * so they stay sparse. Directory modes and times are applied after their contents (post-order).
+ * Nothing appears under its final name before it is complete:
+ * - a directory the restore creates is made under a temporary name (mode 0700) in its parent and filled with
+ *   entries under their final names; it gets its metadata and is renamed into place at the end, once all
+ *   of its contents are written (one rename per restored top-level directory instead of one per file);
+ * - in a directory that already existed (the target, or one merged with on overwrite) each entry is made
+ *   under a temporary name and renamed into place once complete.
+ * So an interrupted or failed restore never leaves a complete-looking file; a failed or cancelled one removes
+ * its temporary entries, a killed one leaves them under `.tern-restore-*` names.
+ * Holes (null chunks) and all-zero runs inside chunks are not written: the file is sized with ftruncate, so
+ * they stay sparse. Directory modes and times are applied after their contents (post-order).
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -14,11 +20,11 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { CancelledError, ConflictError, IntegrityError, throwIfAborted } from '../../core/base.ts';
 import type { RunOptions } from '../../core/base.ts';
-import type { BlobId, BlobReader, TreeBlob, TreeNode } from '../api.ts';
+import type { BlobFile, BlobId, BlobReader, FileFailure, FileJob, TreeBlob, TreeNode } from '../api.ts';
+import { fileFailure, SPARSE_BLOCK, writeFileJobSync } from '../files.ts';
 import { decodeTree } from './codec.ts';
 import { errnoOf, fsError } from './fserrors.ts';
 import { Semaphore } from './limit.ts';
-import { SmallFileWriter, SPARSE_BLOCK, type SmallFileFailure } from './small-files.ts';
 import { isAllZero } from './zero.ts';
 
 const execFileAsync = promisify(execFile);
@@ -41,8 +47,10 @@ export interface TreeRestoreResult {
 
 /** Blob loads in flight per file. */
 const LOADS_AHEAD = 4;
-/** Files of one chunk up to this size are written by the small-file writer threads (small-files.ts). */
+/** Files of one chunk up to this size are restored in batches, written where their blob is decrypted. */
 const SMALL_FILE = 1024 * 1024;
+/** Batches of small files restored at once: the next one loads while the last runs of the other finish. */
+const SMALL_BATCHES = 2;
 
 type Selection = 'all' | 'ancestor' | 'none';
 
@@ -65,11 +73,11 @@ function tempName(): string {
 
 /**
  * Single-chunk files are queued across directories and restored in batches of QUEUE_FILES, their blobs
- * loaded in pack order (BlobReader.loadMany): the backup interleaves directories, so per directory the blobs
- * are scattered over the packs, but a batch reads each pack region once. The walk waits while more than two
- * batches are pending, so a huge tree is not held in memory at once.
+ * loaded in pack order (BlobReader.writeFiles or loadMany): the backup interleaves directories, so per
+ * directory the blobs are scattered over the packs, but a batch reads each pack region once. The walk waits
+ * while more than two batches are pending, so a huge tree is not held in memory at once.
  */
-const QUEUE_FILES = 4096;
+const QUEUE_FILES = 8192;
 /** Most small files queued or being restored; a directory listing waits while more are pending. */
 const PENDING_FILES = 2 * QUEUE_FILES;
 /**
@@ -88,6 +96,20 @@ function timesOf(node: TreeNode): number {
   return Number(sec) + (Number(us) + 0.5) / 1e6;
 }
 
+/** A small file queued for a batch; `hidden`: its directory is still under a temporary name. */
+interface SmallEntry {
+  node: TreeNode;
+  abs: string;
+  hidden: boolean;
+  /** its directory was made (or found empty) by this restore: nothing can be in the way */
+  clear: boolean;
+}
+
+/** Where an entry is made: its final path when its directory is hidden, else a temporary name renamed to it. */
+function placeOf(abs: string, hidden: boolean): { path: string; renameTo?: string } {
+  return hidden ? { path: abs } : { path: path.join(path.dirname(abs), tempName()), renameTo: abs };
+}
+
 class TreeRestore {
   readonly result: TreeRestoreResult = { files: 0, bytes: 0, warnings: [] };
   private readonly reader: BlobReader;
@@ -96,16 +118,19 @@ class TreeRestore {
   private readonly fileSem: Semaphore;
   private readonly treeSem = new Semaphore(8);
   private readonly entrySem = new Semaphore(256);
-  /** Small files waiting to be restored in storage order, and the chain of restores of such batches. */
-  private smallQueue: { node: TreeNode; abs: string }[] = [];
-  private smallChain: Promise<void> = Promise.resolve();
+  /** Small files waiting to be restored in storage order, and the batches of them being restored. */
+  private smallQueue: SmallEntry[] = [];
+  private readonly smallBatches = new Set<Promise<void>>();
+  private readonly batchSem = new Semaphore(SMALL_BATCHES);
   /** Files queued or in a batch being restored. */
   private smallPending = 0;
   /** Directories between passing the PENDING_FILES check and queueing their files; walkers waiting for a turn. */
   private dirsLoading = 0;
   private walkWaiters: (() => void)[] = [];
-  /** Directories whose metadata is applied at the end, children first. */
-  private readonly dirMeta: { node: TreeNode; abs: string }[] = [];
+  /** Directories whose metadata is applied at the end, children first (then renamed to `renameTo`). */
+  private readonly dirMeta: { node: TreeNode; abs: string; renameTo?: string }[] = [];
+  /** Directories made under a temporary name and not yet renamed into place (removed if the restore fails). */
+  private readonly staged = new Set<string>();
   private readonly hardLinks = new Map<string, Promise<string>>();
   private readonly controller = new AbortController();
   private firstError: { error: unknown } | undefined;
@@ -115,8 +140,6 @@ class TreeRestore {
   private lastProgress = 0;
   /** Directories this restore created (or found empty): nothing can be in the way inside them. */
   private readonly freshDirs = new Set<string>();
-  /** Writes files of at most one chunk in worker threads. */
-  private readonly smallWriter = new SmallFileWriter();
 
   constructor(reader: BlobReader, opts: TreeRestoreOptions) {
     this.reader = reader;
@@ -142,15 +165,27 @@ class TreeRestore {
       const root = await this.loadTree(tree);
       await this.restoreDir(root, abs, '', 'ancestor', root.self, true);
       await this.flushSmall();
+      await this.settle([...this.smallBatches]);
       for (const d of this.dirMeta) {
         throwIfAborted(this.signal);
-        await this.applyMeta(d.node, d.abs, 'dir');
+        this.applyMeta(d.node, d.abs, 'dir');
+        if (d.renameTo) {
+          try {
+            await fs.rename(d.abs, d.renameTo);
+          } catch (err) {
+            throw fsError(err, `moving restored directory ${d.renameTo} into place`);
+          }
+          this.staged.delete(d.abs);
+        }
       }
     } catch (err) {
+      this.fail(err);
+      // Batches still in flight write into the temporary directories: let them end before removing those.
+      await Promise.allSettled([...this.smallBatches]);
+      for (const dir of this.staged)
+        await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
       if (this.opts.signal?.aborted) throw new CancelledError('tree restore cancelled', { cause: err });
       throw this.firstError ? this.firstError.error : err;
-    } finally {
-      await this.smallWriter.close();
     }
     this.report(true);
     return this.result;
@@ -225,10 +260,13 @@ class TreeRestore {
     self: TreeNode | undefined,
     isTarget = false,
     onQueued?: () => void,
+    hidden = false,
+    renameTo?: string,
   ): Promise<void> {
     throwIfAborted(this.signal);
     const tasks: Promise<unknown>[] = [];
-    const small: { node: TreeNode; abs: string }[] = [];
+    const small: SmallEntry[] = [];
+    const clear = this.freshDirs.has(abs);
     for (const node of tree.nodes) {
       const childRel = rel === '' ? node.name : `${rel}/${node.name}`;
       const childSel = this.select(childRel, sel);
@@ -241,8 +279,9 @@ class TreeRestore {
         (node.content?.length ?? 0) <= 1 &&
         (node.size ?? 0) <= SMALL_FILE
       )
-        small.push({ node, abs: childAbs });
-      else if (node.type === 'dir') tasks.push(this.restoreSubdir(node, childAbs, childRel, childSel));
+        small.push({ node, abs: childAbs, hidden, clear });
+      else if (node.type === 'dir')
+        tasks.push(this.restoreSubdir(node, childAbs, childRel, childSel, hidden));
       else if (childSel === 'all') {
         // A slot per entry in progress keeps a directory of a million files from queueing them all at once.
         await this.entrySem.acquire();
@@ -250,7 +289,7 @@ class TreeRestore {
           this.entrySem.release();
           break;
         }
-        const leaf = this.restoreLeaf(node, childAbs, childRel);
+        const leaf = this.restoreLeaf(node, childAbs, childRel, hidden);
         leaf.then(
           () => this.entrySem.release(),
           () => this.entrySem.release(),
@@ -267,23 +306,26 @@ class TreeRestore {
     await this.settle(tasks);
     throwIfAborted(this.signal);
     // Only a directory the tree fully describes gets its metadata; the target gets it when restored whole.
-    // It is applied at the end (children before parents), after the queued small files are in place.
-    if (self && (sel === 'all' || (isTarget && !this.includes))) this.dirMeta.push({ node: self, abs });
+    // It is applied at the end (children before parents), after the queued small files are in place; a
+    // directory made under a temporary name (only ever one the tree fully describes) is renamed after it.
+    if (self && (sel === 'all' || (isTarget && !this.includes)))
+      this.dirMeta.push(renameTo ? { node: self, abs, renameTo } : { node: self, abs });
   }
 
   /** Restores the queued small files, their blobs loaded in pack order (one pass over each pack region). */
   private flushSmall(): Promise<void> {
     const files = this.smallQueue;
     this.smallQueue = [];
-    this.smallChain = this.smallChain.then(async () => {
-      try {
-        if (files.length > 0) await this.restoreSmallGroup(files);
-      } finally {
+    if (files.length === 0) return Promise.resolve();
+    const batch: Promise<void> = this.batchSem
+      .run(() => this.restoreSmallGroup(files))
+      .finally(() => {
         this.smallPending -= files.length;
+        this.smallBatches.delete(batch);
         this.wakeWalkers();
-      }
-    });
-    return this.smallChain;
+      });
+    this.smallBatches.add(batch);
+    return batch;
   }
 
   private wakeWalkers(): void {
@@ -300,19 +342,34 @@ class TreeRestore {
         this.dirsLoading++;
         return;
       }
-      if (this.smallPending >= PENDING_FILES) {
-        if (this.smallQueue.length >= QUEUE_FILES) void this.flushSmall().catch(() => undefined);
-        // A failed batch rejects the chain: this walker fails with it.
-        await this.smallChain;
-      } else await new Promise<void>((resolve) => this.walkWaiters.push(resolve));
+      if (this.smallPending >= PENDING_FILES && this.smallQueue.length >= QUEUE_FILES)
+        // A failed batch aborts the restore (settled by the directory that queued it): this walker stops.
+        void this.flushSmall().catch(() => undefined);
+      // Woken when a batch ends or a listing is queued.
+      await new Promise<void>((resolve) => this.walkWaiters.push(resolve));
     }
   }
 
-  private async restoreSubdir(node: TreeNode, abs: string, rel: string, sel: Selection): Promise<void> {
+  private async restoreSubdir(
+    node: TreeNode,
+    abs: string,
+    rel: string,
+    sel: Selection,
+    parentHidden: boolean,
+  ): Promise<void> {
+    // A directory that does not exist yet and that the tree fully describes is made under a temporary name,
+    // unless its parent already is one (then nothing inside shows before the parent is renamed).
+    let made = abs;
+    let hidden = parentHidden;
     try {
       if (!(await this.clearWay(abs, true))) {
-        fsSync.mkdirSync(abs, { mode: 0o700 });
-        this.freshDirs.add(abs);
+        if (!parentHidden && sel === 'all') {
+          made = path.join(path.dirname(abs), tempName());
+          hidden = true;
+          this.staged.add(made);
+        }
+        fsSync.mkdirSync(made, { mode: 0o700 });
+        this.freshDirs.add(made);
       }
     } catch (err) {
       throw fsError(err, `creating directory ${abs}`);
@@ -327,21 +384,21 @@ class TreeRestore {
     };
     try {
       const sub = await this.loadTree(node.subtree ?? '');
-      await this.restoreDir(sub, abs, rel, sel, node, false, done);
+      await this.restoreDir(sub, made, rel, sel, node, false, done, hidden, made === abs ? undefined : abs);
     } finally {
       done();
     }
   }
 
-  private async restoreLeaf(node: TreeNode, abs: string, rel: string): Promise<void> {
+  private async restoreLeaf(node: TreeNode, abs: string, rel: string, hidden: boolean): Promise<void> {
     throwIfAborted(this.signal);
     switch (node.type) {
       case 'file':
-        return this.restoreFile(node, abs);
+        return this.restoreFile(node, abs, hidden);
       case 'symlink':
-        return this.restoreSpecial(node, abs, (tmp) => fs.symlink(node.linkTarget ?? '', tmp));
+        return this.restoreSpecial(node, abs, hidden, (tmp) => fs.symlink(node.linkTarget ?? '', tmp));
       case 'fifo':
-        return this.restoreSpecial(node, abs, async (tmp) => {
+        return this.restoreSpecial(node, abs, hidden, async (tmp) => {
           await execFileAsync('mkfifo', ['-m', '600', '--', tmp]);
         });
       case 'chardev':
@@ -354,7 +411,7 @@ class TreeRestore {
         // Linux dev_t encoding (glibc gnu_dev_major/minor).
         const major = ((rdev >> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
         const minor = (rdev & 0xff) | ((rdev >> 12) & ~0xff & 0xfffff);
-        return this.restoreSpecial(node, abs, async (tmp) => {
+        return this.restoreSpecial(node, abs, hidden, async (tmp) => {
           await execFileAsync('mknod', [
             '-m',
             '600',
@@ -375,128 +432,177 @@ class TreeRestore {
     if (this.result.warnings.length < 1000) this.result.warnings.push(`${rel}: ${why}`);
   }
 
-  /** Creates a non-regular entry under a temporary name, gives it its metadata, renames it into place. */
+  /** Creates a non-regular entry (under a temporary name in a visible directory), gives it its metadata. */
   private async restoreSpecial(
     node: TreeNode,
     abs: string,
-    create: (tmp: string) => Promise<void>,
+    hidden: boolean,
+    create: (at: string) => Promise<void>,
   ): Promise<void> {
-    const tmp = path.join(path.dirname(abs), tempName());
+    const at = placeOf(abs, hidden);
     try {
       await this.clearWay(abs, false);
-      await create(tmp);
-      await this.applyMeta(node, tmp, node.type);
-      await fs.rename(tmp, abs);
+      await create(at.path);
+      this.applyMeta(node, at.path, node.type);
+      if (at.renameTo) await fs.rename(at.path, at.renameTo);
     } catch (err) {
-      await fs.rm(tmp, { force: true }).catch(() => undefined);
+      await fs.rm(at.path, { force: true }).catch(() => undefined);
       throw fsError(err, `restoring ${abs}`);
     }
   }
 
-  private async applyMeta(node: TreeNode, abs: string, type: TreeNode['type']): Promise<void> {
-    if (this.isRoot) await fs.lchown(abs, node.uid, node.gid);
+  /** Owner, mode and times of a directory or special entry (synchronous: three quick calls, not three hand-offs). */
+  private applyMeta(node: TreeNode, abs: string, type: TreeNode['type']): void {
+    if (this.isRoot) fsSync.lchownSync(abs, node.uid, node.gid);
     // chmod after chown: chown clears set-id bits. Symlinks have no mode of their own on Linux.
-    if (type !== 'symlink') await fs.chmod(abs, node.mode);
+    if (type !== 'symlink') fsSync.chmodSync(abs, node.mode);
     const t = timesOf(node);
-    await fs.lutimes(abs, t, t);
+    fsSync.lutimesSync(abs, t, t);
   }
 
-  private async restoreFile(node: TreeNode, abs: string): Promise<void> {
+  private async restoreFile(node: TreeNode, abs: string, hidden: boolean): Promise<void> {
     const group = node.linkGroup;
     if (group !== undefined) {
       const first = this.hardLinks.get(group);
       if (first) {
+        // The first link's path as made: under its temporary directory when that is not yet renamed.
         const firstPath = await first;
-        const tmp = path.join(path.dirname(abs), tempName());
+        const at = placeOf(abs, hidden);
         try {
           await this.clearWay(abs, false);
-          await fs.link(firstPath, tmp);
-          await fs.rename(tmp, abs);
+          await fs.link(firstPath, at.path);
+          if (at.renameTo) await fs.rename(at.path, at.renameTo);
         } catch (err) {
-          await fs.rm(tmp, { force: true }).catch(() => undefined);
+          await fs.rm(at.path, { force: true }).catch(() => undefined);
           throw fsError(err, `linking ${abs} to ${firstPath}`);
         }
         this.result.files++;
         return;
       }
-      const done = this.fileSem.run(() => this.writeFile(node, abs)).then(() => abs);
+      const done = this.fileSem.run(() => this.writeFile(node, abs, hidden)).then(() => abs);
       this.hardLinks.set(group, done);
       await done;
       return;
     }
-    await this.fileSem.run(() => this.writeFile(node, abs));
+    await this.fileSem.run(() => this.writeFile(node, abs, hidden));
   }
 
-  /** Small files whose blobs are loaded in one `loadMany` (adjacent blobs of a pack read together). */
-  private async restoreSmallGroup(files: { node: TreeNode; abs: string }[]): Promise<void> {
-    throwIfAborted(this.signal);
-    const byId = new Map<BlobId, { node: TreeNode; abs: string }[]>();
-    for (const f of files) {
-      const id = f.node.content?.[0] ?? null;
-      if (id === null) {
-        await this.writeSmallLoaded(f.node, f.abs, undefined, null);
-        continue;
-      }
-      let list = byId.get(id);
-      if (!list) byId.set(id, (list = []));
-      list.push(f);
-    }
-    const onBlob = async (id: BlobId, plain: Buffer): Promise<void> => {
-      for (const f of byId.get(id) ?? []) await this.writeSmallLoaded(f.node, f.abs, plain, id);
+  /** The job that writes a small file, after checking nothing is in the way. */
+  private async smallJob(f: SmallEntry): Promise<FileJob> {
+    if (!f.clear) await this.clearWay(f.abs, false);
+    return {
+      ...placeOf(f.abs, f.hidden),
+      mode: f.node.mode,
+      uid: this.isRoot ? f.node.uid : -1,
+      gid: this.isRoot ? f.node.gid : -1,
+      time: timesOf(f.node),
+      size: f.node.size ?? 0,
     };
-    const ids = [...byId.keys()];
-    if (this.reader.loadMany) await this.reader.loadMany(ids, onBlob, { signal: this.signal });
-    else for (const id of ids) await onBlob(id, await this.reader.loadBlob(id, { signal: this.signal }));
   }
 
-  /** Writes a small file from its loaded blob in the file writer threads, under a temporary name renamed into place. */
-  private async writeSmallLoaded(
-    node: TreeNode,
-    abs: string,
-    data: Buffer | undefined,
-    id: BlobId | null,
-  ): Promise<void> {
-    throwIfAborted(this.signal);
-    const size = node.size ?? 0;
-    await this.clearWay(abs, false);
-    if (data) this.bytesRead += data.length;
-    if ((data?.length ?? node.holeSizes?.[0] ?? 0) !== size)
-      throw new IntegrityError(`chunks of ${abs} do not add up to its recorded size ${size}`, {
-        details: { blob: id },
-      });
-    try {
-      await this.smallWriter.write({
-        tmp: path.join(path.dirname(abs), tempName()),
-        abs,
-        mode: node.mode,
-        uid: this.isRoot ? node.uid : -1,
-        gid: this.isRoot ? node.gid : -1,
-        time: timesOf(node),
-        size,
-        data,
-      });
-    } catch (err) {
-      const f = err as SmallFileFailure;
-      if (f.code === 'SIZE') throw new IntegrityError(f.message);
-      throw fsError(Object.assign(new Error(f.message), { code: f.code }), `restoring ${abs}`);
+  /** Counts a written small file, or turns why it was not written into the restore's error. */
+  private smallDone(abs: string, size: number, failure: FileFailure | null): void {
+    if (failure) {
+      if (failure.code === 'SIZE') throw new IntegrityError(failure.message);
+      throw fsError(Object.assign(new Error(failure.message), { code: failure.code }), `restoring ${abs}`);
     }
     this.result.files++;
     this.result.bytes += size;
+  }
+
+  /** A file of no data chunk (empty or one hole): written here. */
+  private writeHole(f: SmallEntry, job: FileJob): void {
+    const size = f.node.holeSizes?.[0] ?? 0;
+    if (size !== job.size)
+      throw new IntegrityError(`chunks of ${f.abs} do not add up to its recorded size ${job.size}`);
+    let failure: FileFailure | null = null;
+    try {
+      writeFileJobSync(job, undefined);
+    } catch (err) {
+      failure = fileFailure(err);
+    }
+    this.smallDone(f.abs, job.size, failure);
+  }
+
+  /**
+   * Restores a batch of small files, their blobs loaded in pack order (one pass over each pack region): by the
+   * reader's workers right where each blob is decrypted (`writeFiles`), else here as the blobs arrive.
+   */
+  private async restoreSmallGroup(files: SmallEntry[]): Promise<void> {
+    throwIfAborted(this.signal);
+    const work: BlobFile[] = [];
+    const entries: SmallEntry[] = [];
+    for (const f of files) {
+      const job = await this.smallJob(f);
+      const id = f.node.content?.[0] ?? null;
+      if (id === null) this.writeHole(f, job);
+      else {
+        work.push({ id, job });
+        entries.push(f);
+      }
+    }
+    let failures: (FileFailure | null)[];
+    if (this.reader.writeFiles) failures = await this.reader.writeFiles(work, { signal: this.signal });
+    else {
+      failures = work.map(() => null);
+      const byId = new Map<BlobId, number[]>();
+      work.forEach((w, k) => {
+        const list = byId.get(w.id);
+        if (list) list.push(k);
+        else byId.set(w.id, [k]);
+      });
+      const onBlob = (id: BlobId, plain: Buffer): Promise<void> => {
+        for (const k of byId.get(id) ?? []) {
+          try {
+            writeFileJobSync(work[k]!.job, plain);
+          } catch (err) {
+            failures[k] = fileFailure(err);
+          }
+        }
+        return Promise.resolve();
+      };
+      if (this.reader.loadMany) await this.reader.loadMany([...byId.keys()], onBlob, { signal: this.signal });
+      else
+        for (const id of byId.keys())
+          await onBlob(id, await this.reader.loadBlob(id, { signal: this.signal }));
+    }
+    for (const id of new Set(work.map((w) => w.id))) this.bytesRead += this.reader.blobSize(id) ?? 0;
+    // Every file is counted before the first failure is thrown.
+    let first: unknown;
+    failures.forEach((failure, k) => {
+      try {
+        this.smallDone(entries[k]!.abs, work[k]!.job.size, failure);
+      } catch (err) {
+        first ??= err;
+      }
+    });
+    if (first !== undefined) throw first;
     this.report();
   }
 
-  /** A file of at most one chunk: load it, then write it like the batched small files. */
-  private async writeSmallFile(node: TreeNode, abs: string): Promise<void> {
+  /** A file of at most one chunk outside a batch (the first of a hard-link group): loaded and written here. */
+  private async writeSmallFile(node: TreeNode, abs: string, hidden: boolean): Promise<void> {
+    const f = { node, abs, hidden, clear: false };
+    const job = await this.smallJob(f);
     const id = node.content?.[0] ?? null;
-    const data = id === null ? undefined : await this.reader.loadBlob(id, { signal: this.signal });
-    await this.writeSmallLoaded(node, abs, data, id);
+    if (id === null) return this.writeHole(f, job);
+    const data = await this.reader.loadBlob(id, { signal: this.signal });
+    this.bytesRead += data.length;
+    let failure: FileFailure | null = null;
+    try {
+      writeFileJobSync(job, data);
+    } catch (err) {
+      failure = fileFailure(err);
+    }
+    this.smallDone(abs, job.size, failure);
   }
 
-  private async writeFile(node: TreeNode, abs: string): Promise<void> {
+  private async writeFile(node: TreeNode, abs: string, hidden: boolean): Promise<void> {
     throwIfAborted(this.signal);
     const size = node.size ?? 0;
-    if ((node.content?.length ?? 0) <= 1 && size <= SMALL_FILE) return this.writeSmallFile(node, abs);
-    const tmp = path.join(path.dirname(abs), tempName());
+    if ((node.content?.length ?? 0) <= 1 && size <= SMALL_FILE) return this.writeSmallFile(node, abs, hidden);
+    const at = placeOf(abs, hidden);
+    const tmp = at.path;
     let fh: fs.FileHandle | undefined;
     const content = node.content ?? [];
     const loads: (Promise<Buffer> | undefined)[] = [];
@@ -544,7 +650,7 @@ class TreeRestore {
       await fh.utimes(t, t);
       await fh.close();
       fh = undefined;
-      await fs.rename(tmp, abs);
+      if (at.renameTo) await fs.rename(tmp, at.renameTo);
     } catch (err) {
       await Promise.allSettled(loads.filter((p) => p !== undefined));
       await fh?.close().catch(() => undefined);

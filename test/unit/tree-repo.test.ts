@@ -1,0 +1,152 @@
+/**
+ * Tree restores through a real repository on a local store: small files are written by the repository's
+ * crypto workers right where their blobs are decrypted (Repository.writeFiles), directories are made under
+ * temporary names and renamed into place at the end. The other tree tests use an in-memory reader, which has
+ * no workers and takes the main-thread path.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Repository } from '../../src/repo/index.ts';
+import { backupTree, restoreTree } from '../../src/repo/tree/index.ts';
+import type { ObjectStore } from '../../src/storage/index.ts';
+import { LocalStore } from '../../src/storage/index.ts';
+import { buildFixture, describeTree } from './tree-fixtures.ts';
+
+const FAST_KDF = { N: 1024, r: 8, p: 1 };
+const TEMP = '.tern-restore-';
+
+async function backedUp(
+  dir: string,
+  src: string,
+  wrap: (s: ObjectStore) => ObjectStore = (s) => s,
+): Promise<{ repo: Repository; tree: string }> {
+  const store = new LocalStore(path.join(dir, 'repo'));
+  await (await Repository.init(store, 'pw', { kdf: FAST_KDF })).close();
+  const repo = await Repository.open(wrap(store), 'pw');
+  const session = await repo.startBackup();
+  const { tree } = await backupTree(session, src, { reader: repo });
+  await session.saveSnapshot({
+    paths: [src],
+    tags: [],
+    root: { kind: 'tree', tree },
+    summary: { bytesRead: 0, bytesAdded: 0, durationMs: 0 },
+  });
+  await session.close();
+  return { repo, tree };
+}
+
+test('a tree restored through a repository equals its source, every kind of entry and metadata', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-repo-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const src = path.join(dir, 'src');
+  buildFixture(src, 2);
+  const { repo, tree } = await backedUp(dir, src);
+  t.after(() => repo.close());
+  const dst = path.join(dir, 'dst');
+  const r = await restoreTree(repo, tree, dst);
+  assert.deepEqual(describeTree(dst), describeTree(src));
+  assert.ok(r.files > 50);
+  // Into an existing directory with overwrite: files are replaced (temporary name + rename), dirs merged.
+  fs.writeFileSync(path.join(dst, 'hello.txt'), 'changed');
+  fs.rmSync(path.join(dst, 'many'), { recursive: true });
+  await restoreTree(repo, tree, dst, { overwrite: true });
+  assert.deepEqual(describeTree(dst), describeTree(src));
+});
+
+/** Regular files below `root` whose path has no temporary component: path → sha-256. */
+function visibleFiles(root: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const walk = (rel: string): void => {
+    for (const e of fs.readdirSync(path.join(root, rel), { withFileTypes: true })) {
+      if (e.name.startsWith(TEMP)) continue;
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) walk(r);
+      else if (e.isFile())
+        out.set(
+          r,
+          createHash('sha256')
+            .update(fs.readFileSync(path.join(root, r)))
+            .digest('hex'),
+        );
+    }
+  };
+  walk('');
+  return out;
+}
+
+test('at any point of a restore, what shows under its final name is complete', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-repo-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const src = path.join(dir, 'src');
+  fs.mkdirSync(src);
+  // Top-level files (temporary name + rename) and nested directories of small files (written by workers
+  // inside directories that stay under temporary names until everything below them is done).
+  for (let i = 0; i < 6; i++)
+    fs.writeFileSync(path.join(src, `top${i}`), randomBytes(1000 + i), { flag: 'w' });
+  for (const a of ['a', 'b'])
+    for (let b = 0; b < 3; b++) {
+      const d = path.join(src, a, `sub${b}`);
+      fs.mkdirSync(d, { recursive: true });
+      for (let f = 0; f < 40; f++) fs.writeFileSync(path.join(d, `f${f}`), randomBytes(20_000 + f));
+    }
+  fs.writeFileSync(path.join(src, 'a', 'big.bin'), randomBytes(3 * 1024 * 1024));
+  const sums = visibleFiles(src);
+  // A store whose reads stop after the first `allow`, until released: the restore is frozen mid-way.
+  let allow = 0;
+  let reads = 0;
+  let release: () => void = () => undefined;
+  let gate = Promise.resolve();
+  let frozen: () => void = () => undefined;
+  const gated = (s: ObjectStore): ObjectStore =>
+    new Proxy(s, {
+      get(target, key, receiver) {
+        const v = Reflect.get(target, key, receiver) as unknown;
+        if (typeof v !== 'function') return v;
+        if (key !== 'getRange' && key !== 'getRangeInto') return (v as () => unknown).bind(target);
+        return async (...args: unknown[]) => {
+          if (++reads > allow) {
+            frozen();
+            await gate;
+          }
+          return (v as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+        };
+      },
+    });
+  const { repo, tree } = await backedUp(dir, src, gated);
+  t.after(() => repo.close());
+  let frozenAt = 0;
+  let staged = 0;
+  // Freeze after 1, 2, ... reads: every freeze point is a moment a killed restore could leave behind.
+  for (const n of [1, 2, 3, 5, 8, 13]) {
+    const dst = path.join(dir, `dst${n}`);
+    allow = n;
+    reads = 0;
+    gate = new Promise<void>((r) => (release = r));
+    const stopped = new Promise<void>((r) => (frozen = r));
+    const restoring = restoreTree(repo, tree, dst);
+    const finished = await Promise.race([stopped.then(() => false), restoring.then(() => true)]);
+    if (!finished) {
+      // Let writes already handed to the workers land, then look.
+      await new Promise((r) => setTimeout(r, 50));
+      frozenAt++;
+      if (fs.readdirSync(dst).some((name) => name.startsWith(TEMP))) staged++;
+      for (const [rel, sum] of visibleFiles(dst))
+        assert.equal(sum, sums.get(rel), `after ${n} reads ${rel} shows under its name but is not complete`);
+    }
+    release();
+    await restoring;
+    assert.deepEqual(visibleFiles(dst), sums);
+    assert.deepEqual(
+      fs.readdirSync(dst).filter((name) => name.startsWith(TEMP)),
+      [],
+      'no temporary entries left',
+    );
+  }
+  // The freezes did catch restores in progress, with directories still under temporary names.
+  assert.ok(frozenAt >= 4, `${frozenAt} restores frozen`);
+  assert.ok(staged >= 1, `${staged} frozen restores showed a temporary directory`);
+});
