@@ -72,7 +72,13 @@ const TARGET_PACK = 16 * 1024 * 1024;
 const MAX_BLOB = 64 * 1024 * 1024;
 /** Packs per incremental index object during a backup: a killed backup loses at most about this many packs. */
 const PACKS_PER_INDEX = 2;
-const UPLOADS_IN_FLIGHT = 2;
+/**
+ * Pack uploads in flight, and of those, how many may still hold their pack buffer: a local store releases
+ * the buffer once written, before its fsync, so fsyncs overlap without more memory (2 → 4 uploads: 2 GiB
+ * random backup 2.88 → 2.58 s, median of 3, this 2-core machine).
+ */
+const UPLOADS_IN_FLIGHT = 4;
+const PACKS_UPLOADING = 2;
 const WORKER_BYTES_IN_FLIGHT = 24 * 1024 * 1024;
 /** Pack buffer: a full pack plus its largest usual last blob (image chunks are 1 MiB) and header. */
 const PACK_BUF = TARGET_PACK + 4 * 1024 * 1024;
@@ -732,6 +738,8 @@ export class BackupSession implements BlobWriter {
   private batchTimer: NodeJS.Immediate | undefined;
   private freeBlobBytes = 0;
   private readonly uploads = new Set<Promise<void>>();
+  /** Uploads whose pack buffer the store may still read. */
+  private packsUploading = 0;
   private durable: IndexPack[] = [];
   private indexChain: Promise<void> = Promise.resolve();
   private indexesPending = 0;
@@ -785,6 +793,7 @@ export class BackupSession implements BlobWriter {
       () =>
         this.workerBytes < WORKER_BYTES_IN_FLIGHT &&
         this.uploads.size <= UPLOADS_IN_FLIGHT &&
+        this.packsUploading <= PACKS_UPLOADING &&
         this.indexesPending <= 1,
       opts.signal,
     );
@@ -966,8 +975,18 @@ export class BackupSession implements BlobWriter {
       data = Buffer.concat([pack.buf.subarray(0, pack.size), header, trailer]);
     }
     const packId = newId();
+    // The pack buffer goes back to the free list as soon as the store is done with it (or the put settles).
+    let held = true;
+    this.packsUploading++;
+    const release = (): void => {
+      if (!held) return;
+      held = false;
+      this.packsUploading--;
+      if (pack.buf.length === PACK_BUF && this.packBufs.length < 2) this.packBufs.push(pack.buf);
+      this.wake();
+    };
     const up = this.repo.store
-      .put(packKey(packId), data)
+      .put(packKey(packId), data, { onDataReleased: release })
       .then(() => {
         this.stats.packsWritten++;
         const ip: IndexPack = { packId, blobs: pack.blobs };
@@ -984,7 +1003,7 @@ export class BackupSession implements BlobWriter {
         this.failure ??= err;
       })
       .finally(() => {
-        if (pack.buf.length === PACK_BUF && this.packBufs.length < 2) this.packBufs.push(pack.buf);
+        release();
         this.uploads.delete(up);
         this.wake();
       });

@@ -112,6 +112,7 @@ export class LocalStore implements ObjectStore {
       const fh = await fs.open(tmp, 'wx');
       try {
         await fh.writeFile(data);
+        opts?.onDataReleased?.();
         await fh.sync();
       } finally {
         await fh.close();

@@ -10,6 +10,12 @@ export interface ObjectInfo {
 export interface PutOptions extends RunOptions {
   /** Fail with ConflictError if the key already exists (used for locks and keys). Best effort on stores without conditional writes. */
   ifNoneMatch?: boolean;
+  /**
+   * Called once the store no longer reads `data`, so the caller may reuse it before `put` settles: the local
+   * store calls it when the bytes are written, before its fsync; stores that do not call it are done with
+   * `data` when `put` settles.
+   */
+  onDataReleased?: () => void;
 }
 
 /**

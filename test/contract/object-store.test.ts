@@ -198,11 +198,31 @@ for (const c of cases) {
       const h = await s.head('data/ab/obj1');
       assert.equal(h?.key, 'data/ab/obj1');
       assert.equal(h?.size, data.length);
+      assert.ok((await s.getRange('data/ab/obj1', 1000, 90_000)).equals(data.subarray(1000, 91_000)));
       await s.put('data/ab/obj1', Buffer.from('replaced'));
       assert.equal((await s.get('data/ab/obj1')).toString(), 'replaced');
       await s.put('empty', Buffer.alloc(0));
       assert.equal((await s.get('empty')).length, 0);
       assert.equal((await s.head('empty'))?.size, 0);
+    });
+
+    test('onDataReleased: at most once, before put settles; the buffer is free to reuse from then on', async (t) => {
+      const s = await fresh(t);
+      if (!s) return;
+      const data = crypto.randomBytes(300_000);
+      const original = Buffer.from(data);
+      let calls = 0;
+      let settled = false;
+      await s.put('released', data, {
+        onDataReleased: () => {
+          calls++;
+          assert.equal(settled, false, 'called after put settled');
+          data.fill(0); // the caller reuses its buffer at once
+        },
+      });
+      settled = true;
+      assert.ok(calls <= 1, `called ${calls} times`);
+      assert.ok((await s.get('released')).equals(original), 'the object is what was put');
     });
 
     test('getRange: inside, to the end, short read past the end', async (t) => {
