@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import zlib from 'node:zlib';
 import { IntegrityError } from '../../src/core/errors.ts';
-import { ZstdInto } from '../../src/repo/crypto.ts';
+import { COMP_NONE, COMP_ZSTD, maybeCompress, ZstdCompressor, ZstdInto } from '../../src/repo/crypto.ts';
 
 function text(n: number): Buffer {
   const lines: string[] = [];
@@ -55,4 +55,42 @@ test('ZstdInto rejects corrupted frames and wrong lengths, and keeps working aft
   out.fill(0);
   z.decompressInto(frame, out, 5, plain.length, 'pack');
   assert.ok(out.subarray(5, 5 + plain.length).equals(plain));
+});
+
+test('ZstdCompressor: one context across blobs; a frame that does not fit is dropped and the next is whole', () => {
+  const c = new ZstdCompressor();
+  const d = new ZstdInto();
+  const out = Buffer.alloc(1 << 20);
+  const blobs = [text(600_000), crypto.randomBytes(50_000), text(5000), text(1 << 20), text(700)];
+  for (const b of blobs) {
+    const n = c.compressInto(b, out.subarray(0, Math.floor(b.length * 0.95)));
+    if (n < 0) {
+      // Only incompressible input fails to fit in 95% of its size.
+      assert.ok(zlib.zstdCompressSync(b).length > b.length * 0.9, 'a compressible blob was refused');
+      continue;
+    }
+    assert.ok(n < b.length / 2, `text compressed to ${n} of ${b.length}`);
+    // Frames are standard zstd: node's decoder and ZstdInto read them back.
+    assert.ok(zlib.zstdDecompressSync(out.subarray(0, n)).equals(b));
+    const back = Buffer.alloc(b.length);
+    d.decompressInto(out.subarray(0, n), back, 0, b.length, 'pack');
+    assert.ok(back.equals(b));
+  }
+  // Output room of zero bytes: refused, and the context still works after.
+  assert.equal(c.compressInto(text(10_000), Buffer.alloc(0)), -1);
+  const t = text(10_000);
+  const n = c.compressInto(t, out);
+  assert.ok(zlib.zstdDecompressSync(out.subarray(0, n)).equals(t));
+});
+
+test('maybeCompress: text is compressed, random data and tiny blobs are not', () => {
+  const t = text(200_000);
+  const r = maybeCompress(t);
+  assert.equal(r.comp, COMP_ZSTD);
+  assert.ok(zlib.zstdDecompressSync(r.data).equals(t));
+  for (const b of [crypto.randomBytes(200_000), crypto.randomBytes(3000), text(100)]) {
+    const m = maybeCompress(b);
+    assert.equal(m.comp, COMP_NONE);
+    assert.equal(m.data, b);
+  }
 });
