@@ -203,7 +203,12 @@ function sampleEntropy(b: Uint8Array, n: number): number {
  */
 export class ZstdCompressor {
   private stream: ZstdStream | undefined;
-  private direct = true;
+  private direct: boolean;
+
+  /** `direct: false` takes the fallback path (node:zlib's public API) from the start. */
+  constructor(opts: { direct?: boolean } = {}) {
+    this.direct = opts.direct ?? true;
+  }
 
   /** Compresses `input` into `out` from 0: the frame's length, or -1 when it does not fit in `out`. */
   compressInto(input: Uint8Array, out: Uint8Array): number {
@@ -258,10 +263,13 @@ let compressed = Buffer.allocUnsafeSlow(0);
 export function maybeCompress(plaintext: Uint8Array): { data: Uint8Array; comp: number } {
   if (plaintext.length < 512) return { data: plaintext, comp: COMP_NONE };
   const limit = Math.floor(plaintext.length * 0.95);
-  if (compressed.length < limit) compressed = Buffer.allocUnsafeSlow(Math.max(limit, 2 * compressed.length));
+  const room = Math.max(limit, PROBE + 1024);
+  if (compressed.length < room) compressed = Buffer.allocUnsafeSlow(Math.max(room, 2 * compressed.length));
   if (plaintext.length > PROBE * 4) {
-    const probe = compressor.compressInto(plaintext.subarray(0, PROBE), compressed.subarray(0, PROBE * 0.9));
-    if (probe < 0) return { data: plaintext, comp: COMP_NONE };
+    // Room for any probe frame (zstd's bound for 16 KiB is ~16.5 KiB): the frame always ends, so the
+    // context is never reset (a reset context is rebuilt).
+    const probe = compressor.compressInto(plaintext.subarray(0, PROBE), compressed.subarray(0, PROBE + 1024));
+    if (probe < 0 || probe > PROBE * 0.9) return { data: plaintext, comp: COMP_NONE };
   } else if (sampleEntropy(plaintext, 2048) > 7.2) return { data: plaintext, comp: COMP_NONE };
   const n = compressor.compressInto(plaintext, compressed.subarray(0, limit));
   if (n < 0) return { data: plaintext, comp: COMP_NONE };
@@ -307,7 +315,12 @@ type ZstdStream = zlib.ZstdDecompress & { _handle?: ZstdHandle; _writeState?: Ui
  */
 export class ZstdInto {
   private stream: ZstdStream | undefined;
-  private direct = true;
+  private direct: boolean;
+
+  /** `direct: false` takes the fallback path (node:zlib's public API) from the start. */
+  constructor(opts: { direct?: boolean } = {}) {
+    this.direct = opts.direct ?? true;
+  }
 
   /** Decompress one zstd frame into `out` at `pos`; it must produce exactly `rawLength` bytes. */
   decompressInto(data: Uint8Array, out: Buffer, pos: number, rawLength: number, what: string): void {
