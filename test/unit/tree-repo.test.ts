@@ -14,7 +14,7 @@ import { Repository } from '../../src/repo/index.ts';
 import { backupTree, restoreTree } from '../../src/repo/tree/index.ts';
 import type { ObjectStore } from '../../src/storage/index.ts';
 import { LocalStore } from '../../src/storage/index.ts';
-import { buildFixture, describeTree } from './tree-fixtures.ts';
+import { buildFixture, describeTree, isRoot } from './tree-fixtures.ts';
 
 const FAST_KDF = { N: 1024, r: 8, p: 1 };
 const TEMP = '.tern-restore-';
@@ -150,3 +150,33 @@ test('at any point of a restore, what shows under its final name is complete', a
   assert.ok(frozenAt >= 4, `${frozenAt} restores frozen`);
   assert.ok(staged >= 1, `${staged} frozen restores showed a temporary directory`);
 });
+
+test(
+  'owners come back whatever group the target directory passes on (set-gid target)',
+  { skip: !isRoot && 'needs root to chown' },
+  async (t) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-repo-'));
+    t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const src = path.join(dir, 'src');
+    for (const d of ['.', 'a', 'a/b']) {
+      fs.mkdirSync(path.join(src, d), { recursive: true });
+      fs.writeFileSync(path.join(src, d, 'root-owned'), 'r');
+      fs.writeFileSync(path.join(src, d, 'other'), 'o');
+      fs.chownSync(path.join(src, d, 'other'), 1234, 5678);
+    }
+    const { repo, tree } = await backedUp(dir, src);
+    t.after(() => repo.close());
+    // New entries in a set-gid directory get its group (4242) unless the restore sets theirs.
+    const dst = path.join(dir, 'dst');
+    fs.mkdirSync(dst);
+    fs.chownSync(dst, 0, 4242);
+    fs.chmodSync(dst, 0o2775);
+    await restoreTree(repo, tree, dst);
+    for (const d of ['.', 'a', 'a/b']) {
+      const st = fs.statSync(path.join(dst, d, 'root-owned'));
+      assert.deepEqual([st.uid, st.gid], [0, 0], `${d}/root-owned`);
+      const o = fs.statSync(path.join(dst, d, 'other'));
+      assert.deepEqual([o.uid, o.gid], [1234, 5678], `${d}/other`);
+    }
+  },
+);
