@@ -180,3 +180,26 @@ test(
     }
   },
 );
+
+test('temporary entries an interrupted restore left in the target are reported, not touched', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-repo-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const src = path.join(dir, 'src');
+  fs.mkdirSync(path.join(src, 'sub'), { recursive: true });
+  fs.writeFileSync(path.join(src, 'sub', 'f'), 'content');
+  const { repo, tree } = await backedUp(dir, src);
+  t.after(() => repo.close());
+  const dst = path.join(dir, 'dst');
+  // What a restore killed mid-way leaves: a directory still under its temporary name.
+  const stale = path.join(dst, `${TEMP}0123456789ab-0`);
+  fs.mkdirSync(path.join(stale, 'deep'), { recursive: true });
+  fs.writeFileSync(path.join(stale, 'deep', 'f'), 'cont');
+  const r = await restoreTree(repo, tree, dst);
+  assert.equal(r.warnings.length, 1);
+  assert.match(
+    r.warnings[0]!,
+    /1 temporary entry of an interrupted restore \(\.tern-restore-0123456789ab-0\)/,
+  );
+  assert.equal(fs.readFileSync(path.join(stale, 'deep', 'f'), 'utf8'), 'cont');
+  assert.equal(fs.readFileSync(path.join(dst, 'sub', 'f'), 'utf8'), 'content');
+});

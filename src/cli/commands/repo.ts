@@ -284,10 +284,13 @@ export function registerRepo(program: Command): void {
       });
       const ms = Date.now() - started;
       if (o.json) printJson({ ...out, durationMs: ms });
-      else
+      else {
+        for (const w of ('warnings' in out ? out.warnings : undefined) ?? [])
+          process.stderr.write(`warning: ${w}\n`);
         process.stdout.write(
           `restored ${short(out.snapshot)} to ${target}: ${formatBytes(out.bytes)} in ${(ms / 1000).toFixed(1)} s\n`,
         );
+      }
     });
 
   withCommon(

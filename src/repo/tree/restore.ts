@@ -65,7 +65,8 @@ function normalizeIncludes(include: string[] | undefined): string[] | undefined 
 }
 
 /** Temporary names: one random prefix per process and a counter (no CSPRNG call per file). */
-const TEMP_PREFIX = `.tern-restore-${randomBytes(6).toString('hex')}-`;
+const TEMP_BASE = '.tern-restore-';
+const TEMP_PREFIX = `${TEMP_BASE}${randomBytes(6).toString('hex')}-`;
 let tempCounter = 0;
 function tempName(): string {
   return `${TEMP_PREFIX}${(tempCounter++).toString(36)}`;
@@ -161,7 +162,17 @@ class TreeRestore {
       await fs.mkdir(abs, { recursive: true });
       const st = await fs.stat(abs);
       if (!st.isDirectory()) throw new ConflictError(`restore target ${abs} is not a directory`);
-      if ((await fs.readdir(abs)).length === 0) this.freshDirs.add(abs);
+      const present = await fs.readdir(abs);
+      if (present.length === 0) this.freshDirs.add(abs);
+      // Temporary entries of an interrupted restore (killed: a failed one removes its own) are left alone,
+      // since another restore into the same target may be running, but named so they can be removed.
+      const stale = present.filter((n) => n.startsWith(TEMP_BASE));
+      if (stale.length > 0)
+        this.result.warnings.push(
+          `${stale.length} temporary entr${stale.length === 1 ? 'y' : 'ies'} of an interrupted restore ` +
+            `(${stale.slice(0, 3).join(', ')}${stale.length > 3 ? ', ...' : ''}): not part of this restore; ` +
+            `remove them once no other restore into ${abs} is running`,
+        );
     } catch (err) {
       throw fsError(err, `creating restore target ${abs}`);
     }
