@@ -237,3 +237,81 @@ test('concurrent backup and prune never lose data', async () => {
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+/** Regular files below `root` whose path has no `.tern-restore-` component: relative path → sha-256. */
+function visibleFiles(root: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const walk = (rel: string): void => {
+    let entries: fs.Dirent[];
+    try {
+      entries = fs.readdirSync(path.join(root, rel), { withFileTypes: true });
+    } catch {
+      return; // the restore had not made the target yet
+    }
+    for (const e of entries) {
+      if (e.name.startsWith('.tern-restore-')) continue;
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) walk(r);
+      else if (e.isFile())
+        out.set(
+          r,
+          crypto
+            .createHash('sha256')
+            .update(fs.readFileSync(path.join(root, r)))
+            .digest('hex'),
+        );
+    }
+  };
+  walk('');
+  return out;
+}
+
+test('kill -9 during a tree restore: nothing incomplete under a final name; a rerun completes and names the leftovers', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-rel-tree-'));
+  try {
+    const src = path.join(dir, 'src');
+    const rnd = (n: number): Buffer => crypto.randomBytes(n);
+    for (let a = 0; a < 3; a++)
+      for (let b = 0; b < 10; b++) {
+        const d = path.join(src, `a${a}`, `b${b}`);
+        fs.mkdirSync(d, { recursive: true });
+        for (let f = 0; f < 100; f++)
+          fs.writeFileSync(path.join(d, `f${f}`), rnd(1000 + ((a * 7 + b * 13 + f) % 8) * 1000));
+      }
+    for (let i = 0; i < 5; i++) fs.writeFileSync(path.join(src, `top${i}`), rnd(20_000 + i));
+    fs.writeFileSync(path.join(src, 'big.bin'), rnd(6 * 1024 * 1024)); // several chunks, written chunk by chunk
+    const want = visibleFiles(src);
+    const repo = path.join(dir, 'repo');
+    ok(['repo', 'init', '--repo', repo]);
+    ok(['backup', src, '--repo', repo]);
+    let interrupted = 0;
+    for (const seed of [1, 2, 3, 4, 5, 6]) {
+      const target = path.join(dir, `t${seed}`);
+      const child = spawn(NODE, [MAIN, 'restore', 'latest', target, '--repo', repo], {
+        env: { ...process.env, TERN_PASSWORD: 'secret' },
+        stdio: 'ignore',
+      });
+      const exited = new Promise((r) => child.once('exit', r));
+      // A seeded moment 0–250 ms after the restore made its target (the restore takes ~0.5 s unloaded).
+      const start = Date.now();
+      while (!fs.existsSync(target) && child.exitCode === null && Date.now() - start < 60_000)
+        await new Promise((r) => setTimeout(r, 2));
+      await new Promise((r) => setTimeout(r, (seed * 7919) % 250));
+      if (child.exitCode === null && child.kill('SIGKILL')) interrupted++;
+      await exited;
+      for (const [rel, sum] of visibleFiles(target))
+        assert.equal(sum, want.get(rel), `seed ${seed}: ${rel} shows under its name but is not complete`);
+      const leftovers = fs.existsSync(target)
+        ? fs.readdirSync(target).filter((n) => n.startsWith('.tern-restore-'))
+        : [];
+      // The rerun replaces what the killed one finished (overwrite) and reports what it left.
+      const r = tern(['restore', 'latest', target, '--repo', repo, '--overwrite']);
+      assert.equal(r.code, 0, `seed ${seed}: rerun failed: ${r.stderr}`);
+      if (leftovers.length > 0) assert.match(r.stderr, /temporary entr(y|ies) of an interrupted restore/);
+      assert.deepEqual(visibleFiles(target), want, `seed ${seed}: rerun did not restore everything`);
+    }
+    assert.ok(interrupted >= 3, `only ${interrupted} of 6 restores were killed before they ended`);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
