@@ -3,7 +3,7 @@
  * and no file that did not fit is left looking complete (nor any temporary file), both from an in-memory
  * reader (files written by the main thread) and from a repository (small files written by its workers).
  */
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -11,25 +11,30 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { NoSpaceError } from '../../src/core/index.ts';
-import { Repository } from '../../src/repo/index.ts';
-import { LocalStore } from '../../src/storage/index.ts';
 import { backupTree, restoreTree } from '../../src/repo/tree/index.ts';
 import { MemoryBlobs } from '../unit/tree-memory-repo.ts';
+import { backedUp } from '../unit/tree-fixtures.ts';
 
 const canMount = process.getuid?.() === 0 && process.platform === 'linux';
+
+/** A temp dir with a tmpfs of `size` mounted at `mnt`, unmounted and removed after the test. */
+function tmpfs(t: TestContext, size: string): { dir: string; mnt: string } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-nospace-'));
+  const mnt = path.join(dir, 'mnt');
+  fs.mkdirSync(mnt);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt]);
+  t.after(() => {
+    execFileSync('umount', [mnt]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return { dir, mnt };
+}
 
 test(
   'restore onto a full filesystem fails with NoSpaceError and leaves no partial file',
   { skip: !canMount && 'needs root to mount a tmpfs' },
   async (t) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-nospace-'));
-    const mnt = path.join(dir, 'mnt');
-    fs.mkdirSync(mnt);
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=6m', 'tmpfs', mnt]);
-    t.after(() => {
-      execFileSync('umount', [mnt]);
-      fs.rmSync(dir, { recursive: true, force: true });
-    });
+    const { dir, mnt } = tmpfs(t, '6m');
     const src = path.join(dir, 'src');
     fs.mkdirSync(src);
     const sums = new Map<string, string>();
@@ -62,14 +67,7 @@ test(
   'the same through a repository, whose workers write the small files: NoSpaceError, nothing partial left',
   { skip: !canMount && 'needs root to mount a tmpfs' },
   async (t) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-nospace-'));
-    const mnt = path.join(dir, 'mnt');
-    fs.mkdirSync(mnt);
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mnt]);
-    t.after(() => {
-      execFileSync('umount', [mnt]);
-      fs.rmSync(dir, { recursive: true, force: true });
-    });
+    const { dir, mnt } = tmpfs(t, '4m');
     const src = path.join(dir, 'src');
     const sums = new Map<string, string>();
     const put = (rel: string, data: Buffer): void => {
@@ -79,18 +77,8 @@ test(
     };
     for (let i = 0; i < 3; i++) put(`top${i}.bin`, randomBytes(100 * 1024 + i));
     for (let i = 0; i < 40; i++) put(`d/e/f${i}.bin`, randomBytes(150 * 1024 + i));
-    const store = new LocalStore(path.join(dir, 'repo'));
-    const repo = await Repository.init(store, 'pw', { kdf: { N: 1024, r: 8, p: 1 } });
+    const { repo, tree } = await backedUp(dir, src);
     t.after(() => repo.close());
-    const session = await repo.startBackup();
-    const { tree } = await backupTree(session, src, { reader: repo });
-    await session.saveSnapshot({
-      paths: [src],
-      tags: [],
-      root: { kind: 'tree', tree },
-      summary: { bytesRead: 0, bytesAdded: 0, durationMs: 0 },
-    });
-    await session.close();
     const target = path.join(mnt, 'restore');
     await assert.rejects(restoreTree(repo, tree, target), (err: unknown) => {
       assert.ok(err instanceof NoSpaceError, String(err));

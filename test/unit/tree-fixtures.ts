@@ -3,6 +3,9 @@ import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { Repository } from '../../src/repo/index.ts';
+import { backupTree } from '../../src/repo/tree/index.ts';
+import { LocalStore, type ObjectStore } from '../../src/storage/index.ts';
 
 export const isRoot = process.getuid?.() === 0;
 
@@ -136,4 +139,28 @@ export function describeTree(root: string): Map<string, EntryFacts> {
 /** Allocated bytes of a file (to check sparseness). */
 export function allocatedBytes(p: string): number {
   return fs.statSync(p).blocks * 512;
+}
+
+/**
+ * A real repository in `dir/repo` (fast KDF, passphrase "pw") holding one backup of `src`; it is opened
+ * through `wrap(store)`, so a test can watch or hold its reads. The caller closes it.
+ */
+export async function backedUp(
+  dir: string,
+  src: string,
+  wrap: (s: ObjectStore) => ObjectStore = (s) => s,
+): Promise<{ repo: Repository; tree: string }> {
+  const store = new LocalStore(path.join(dir, 'repo'));
+  await (await Repository.init(store, 'pw', { kdf: { N: 1024, r: 8, p: 1 } })).close();
+  const repo = await Repository.open(wrap(store), 'pw');
+  const session = await repo.startBackup();
+  const { tree } = await backupTree(session, src, { reader: repo });
+  await session.saveSnapshot({
+    paths: [src],
+    tags: [],
+    root: { kind: 'tree', tree },
+    summary: { bytesRead: 0, bytesAdded: 0, durationMs: 0 },
+  });
+  await session.close();
+  return { repo, tree };
 }

@@ -10,34 +10,11 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Repository } from '../../src/repo/index.ts';
-import { backupTree, restoreTree } from '../../src/repo/tree/index.ts';
+import { restoreTree } from '../../src/repo/tree/index.ts';
 import type { ObjectStore } from '../../src/storage/index.ts';
-import { LocalStore } from '../../src/storage/index.ts';
-import { buildFixture, describeTree, isRoot } from './tree-fixtures.ts';
+import { backedUp, buildFixture, describeTree, isRoot } from './tree-fixtures.ts';
 
-const FAST_KDF = { N: 1024, r: 8, p: 1 };
 const TEMP = '.tern-restore-';
-
-async function backedUp(
-  dir: string,
-  src: string,
-  wrap: (s: ObjectStore) => ObjectStore = (s) => s,
-): Promise<{ repo: Repository; tree: string }> {
-  const store = new LocalStore(path.join(dir, 'repo'));
-  await (await Repository.init(store, 'pw', { kdf: FAST_KDF })).close();
-  const repo = await Repository.open(wrap(store), 'pw');
-  const session = await repo.startBackup();
-  const { tree } = await backupTree(session, src, { reader: repo });
-  await session.saveSnapshot({
-    paths: [src],
-    tags: [],
-    root: { kind: 'tree', tree },
-    summary: { bytesRead: 0, bytesAdded: 0, durationMs: 0 },
-  });
-  await session.close();
-  return { repo, tree };
-}
 
 test('a tree restored through a repository equals its source, every kind of entry and metadata', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-repo-'));
