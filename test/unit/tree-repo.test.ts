@@ -10,6 +10,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { IntegrityError } from '../../src/core/index.ts';
 import { restoreTree } from '../../src/repo/tree/index.ts';
 import type { ObjectStore } from '../../src/storage/index.ts';
 import { backedUp, buildFixture, describeTree, isRoot } from './tree-fixtures.ts';
@@ -179,4 +180,40 @@ test('temporary entries an interrupted restore left in the target are reported, 
   );
   assert.equal(fs.readFileSync(path.join(stale, 'deep', 'f'), 'utf8'), 'cont');
   assert.equal(fs.readFileSync(path.join(dst, 'sub', 'f'), 'utf8'), 'content');
+});
+
+test('a damaged pack fails the restore with an error naming it; what shows is complete, no temporary entry is left', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-repo-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const src = path.join(dir, 'src');
+  for (let i = 0; i < 4; i++) fs.mkdirSync(path.join(src, `d${i}`), { recursive: true });
+  for (let i = 0; i < 400; i++) fs.writeFileSync(path.join(src, `d${i % 4}`, `f${i}`), randomBytes(3000 + i));
+  fs.writeFileSync(path.join(src, 'top'), 'top level');
+  const sums = visibleFiles(src);
+  const { repo, tree } = await backedUp(dir, src);
+  t.after(() => repo.close());
+  // Flip one byte in the middle of every data pack (the tree blobs sit in their own packs).
+  const packs: string[] = [];
+  const walk = (d: string): void => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true }))
+      if (e.isDirectory()) walk(path.join(d, e.name));
+      else packs.push(path.join(d, e.name));
+  };
+  walk(path.join(dir, 'repo', 'data'));
+  for (const p of packs.filter((f) => fs.statSync(f).size > 200_000)) {
+    const b = fs.readFileSync(p);
+    b[Math.floor(b.length / 2)]! ^= 0x40;
+    fs.writeFileSync(p, b);
+  }
+  const dst = path.join(dir, 'dst');
+  await assert.rejects(restoreTree(repo, tree, dst), (err: unknown) => {
+    assert.ok(err instanceof IntegrityError, String(err));
+    assert.match((err as Error).message, /data\/[0-9a-f]{2}\/[0-9a-f]+/);
+    return true;
+  });
+  for (const [rel, sum] of visibleFiles(dst)) assert.equal(sum, sums.get(rel), `${rel} is not complete`);
+  assert.deepEqual(
+    fs.readdirSync(dst).filter((n) => n.startsWith(TEMP)),
+    [],
+  );
 });

@@ -181,6 +181,7 @@ class TreeRestore {
       await this.restoreDir(root, abs, '', 'ancestor', root.self, true);
       await this.flushSmall();
       await this.settle([...this.smallBatches]);
+      if (this.firstError) throw this.firstError.error;
       for (const d of this.dirMeta) {
         throwIfAborted(this.signal);
         this.applyMeta(d.node, d.abs, 'dir');
@@ -340,6 +341,8 @@ class TreeRestore {
         this.wakeWalkers();
       });
     this.smallBatches.add(batch);
+    // Whoever started the batch, its failure stops the restore (and is what the restore throws).
+    batch.catch((err: unknown) => this.fail(err));
     return batch;
   }
 
@@ -358,7 +361,7 @@ class TreeRestore {
         return;
       }
       if (this.smallPending >= PENDING_FILES && this.smallQueue.length >= QUEUE_FILES)
-        // A failed batch aborts the restore (settled by the directory that queued it): this walker stops.
+        // A failed batch aborts the restore (flushSmall records it): this walker then stops.
         void this.flushSmall().catch(() => undefined);
       // Woken when a batch ends or a listing is queued.
       await new Promise<void>((resolve) => this.walkWaiters.push(resolve));
