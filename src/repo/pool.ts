@@ -42,8 +42,12 @@ export type WorkerRequest =
   | {
       op: 'loadRun';
       seq: number;
-      /** sealed blobs of one pack region; `ids` (32 bytes each) and `meta` (RUN_META numbers each) describe them */
-      buf: ArrayBuffer;
+      /**
+       * sealed blobs of one pack region, from `bufOffset` (transferred when an ArrayBuffer, read in place when
+       * shared); `ids` (32 bytes each) and `meta` (RUN_META numbers each) describe them
+       */
+      buf: ArrayBuffer | SharedArrayBuffer;
+      bufOffset?: number;
       ids: Uint8Array;
       meta: Uint32Array;
       /** where to put the plaintexts when it is large enough (returned as `plain`) */

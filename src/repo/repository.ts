@@ -123,6 +123,13 @@ async function mapLimit<T>(items: T[], limit: number, fn: (t: T) => Promise<void
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, run));
 }
 
+/** A run's sealed bytes at `offset` of `buf` (shared, or transferred to the worker); `release` after the reply. */
+interface RunRead {
+  buf: ArrayBuffer | SharedArrayBuffer;
+  offset: number;
+  release: () => void;
+}
+
 /** Adjacent blobs of one pack, read in one ranged read (loadMany, writeFiles). */
 interface LoadRun {
   pack: number;
@@ -149,6 +156,8 @@ export class Repository implements BlobReader {
   private readonly freeRunRead: ArrayBuffer[] = [];
   /** loadMany's plaintext slots: page-aligned shared memory the workers write into (made on first use). */
   private runArena: RunArena | undefined;
+  /** Shared slots the runs of loadMany and writeFiles are read into (readRun). */
+  private readArena: RunArena | undefined;
 
   private constructor(
     store: ObjectStore,
@@ -370,29 +379,46 @@ export class Repository implements BlobReader {
   }
 
   /**
-   * Reads a run's sealed bytes into a buffer for a worker: a recycled RUN_BUF buffer when the store reads
-   * into caller memory (read and plaintext buffers go round main → worker → main instead of being garbage,
-   * kept across calls: a tree restore loads batch after batch).
+   * Reads a run's sealed bytes for a worker: into a slot of a shared arena, which the worker reads in place,
+   * when the store reads into caller memory. Transferring a 6 MiB buffer to the worker and back per run made
+   * V8 count it as new external memory each time and run a major GC every few runs (24 in a 2 GiB restore);
+   * when every slot is taken, a recycled buffer is transferred as before. `release` frees the slot once the
+   * worker has replied.
    */
-  private async readRun(run: LoadRun, what: string, opts: LoadOptions): Promise<ArrayBuffer> {
+  private async readRun(run: LoadRun, what: string, opts: LoadOptions): Promise<RunRead> {
     const len = run.end - run.start;
     const getRangeInto = this.store.getRangeInto?.bind(this.store);
     if (!getRangeInto || len > RUN_BUF)
-      return ownArrayBuffer(await this.readPackRange(what, run.start, len, opts));
-    const ab = this.freeRunRead.pop() ?? new ArrayBuffer(RUN_BUF);
+      return {
+        buf: ownArrayBuffer(await this.readPackRange(what, run.start, len, opts)),
+        offset: 0,
+        release: () => undefined,
+      };
+    const arena = (this.readArena ??= new RunArena(MAX_RUNS_IN_FLIGHT, RUN_BUF));
+    const slot = arena.take();
+    const buf = slot === undefined ? (this.freeRunRead.pop() ?? new ArrayBuffer(RUN_BUF)) : arena.buffer;
+    const offset = slot ?? 0;
+    let held = slot !== undefined;
+    const release = (): void => {
+      if (held) arena.give(offset);
+      held = false;
+    };
     let got: number;
     try {
-      got = await getRangeInto(what, run.start, Buffer.from(ab, 0, len), opts);
+      got = await getRangeInto(what, run.start, Buffer.from(buf, offset, len), opts);
     } catch (err) {
+      release();
       if (err instanceof NotFoundError)
         throw new IntegrityError(`${what}: pack is missing`, { cause: err, details: { object: what } });
       throw err;
     }
-    if (got !== len)
+    if (got !== len) {
+      release();
       throw new IntegrityError(`${what}: truncated (blobs at ${run.start} need ${len} bytes, got ${got})`, {
         details: { object: what },
       });
-    return ab;
+    }
+    return { buf, offset, release };
   }
 
   /** A run's blobs for the worker: ids (32 bytes each) and RUN_META numbers each, plaintexts at `at`. */
@@ -407,14 +433,16 @@ export class Repository implements BlobReader {
     return { ids, meta };
   }
 
-  /** Runs a run's message in the pool; an IntegrityError from the worker names the pack. */
-  private async runInPool(req: WorkerRequest, ab: ArrayBuffer, what: string): Promise<Ok> {
+  /** Runs a run's message in the pool, then frees its read; an IntegrityError from the worker names the pack. */
+  private async runInPool(req: WorkerRequest, read: RunRead, what: string): Promise<Ok> {
     let r;
     try {
-      r = await this.pool.run(req, [ab]);
+      r = await this.pool.run(req, read.buf instanceof ArrayBuffer ? [read.buf] : []);
     } catch (err) {
       if (err instanceof IntegrityError) throw new IntegrityError(err.message, { details: { object: what } });
       throw err;
+    } finally {
+      read.release();
     }
     if (r.buf?.byteLength === RUN_BUF && this.freeRunRead.length < MAX_RUNS_IN_FLIGHT)
       this.freeRunRead.push(r.buf);
@@ -439,7 +467,7 @@ export class Repository implements BlobReader {
     await mapLimit(runs, inFlight, async (run) => {
       throwIfAborted(opts.signal);
       const what = packKey(this.index.packIds[run.pack]!);
-      const ab = await this.readRun(run, what, opts);
+      const read = await this.readRun(run, what, opts);
       // Where each plaintext goes: back to back, or, in an arena slot, blobs of 4 KiB or more each on a 4 KiB
       // boundary, so an image restore can write them with O_DIRECT whatever came before them in the pack
       // (a short tail chunk, say); back to back when that padding would not fit the slot.
@@ -463,10 +491,19 @@ export class Repository implements BlobReader {
       const { at, total } = layout;
       const { ids, meta } = Repository.runMeta(run, at);
       try {
-        const base = { op: 'loadRun', seq: 0, buf: ab, ids, meta, what, verify } as const;
+        const base = {
+          op: 'loadRun',
+          seq: 0,
+          buf: read.buf,
+          bufOffset: read.offset,
+          ids,
+          meta,
+          what,
+          verify,
+        } as const;
         const r = await this.runInPool(
           slot === undefined ? base : { ...base, shared: arena.buffer, sharedOffset: slot },
-          ab,
+          read,
           what,
         );
         const plain = slot === undefined ? Buffer.from(r.plain!) : Buffer.from(arena.buffer, slot, total);
@@ -498,7 +535,7 @@ export class Repository implements BlobReader {
     await mapLimit(runs, inFlight, async (run) => {
       throwIfAborted(opts.signal);
       const what = packKey(this.index.packIds[run.pack]!);
-      const ab = await this.readRun(run, what, opts);
+      const read = await this.readRun(run, what, opts);
       const at: number[] = [];
       let end = 0;
       const jobs: { blob: number; job: FileJob }[] = [];
@@ -516,14 +553,15 @@ export class Repository implements BlobReader {
         {
           op: 'loadRun',
           seq: 0,
-          buf: ab,
+          buf: read.buf,
+          bufOffset: read.offset,
           ids,
           meta,
           what,
           verify: opts.verify ?? false,
           files: packJobs(jobs),
         },
-        ab,
+        read,
         what,
       );
       r.failures?.forEach((f, j) => {

@@ -113,7 +113,7 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
       const rawLength = m[k + 2]!;
       const length = m[k + 4]!;
       const id = req.ids.subarray(32 * i, 32 * i + 32);
-      const sealed = new Uint8Array(req.buf, m[k + 3], length);
+      const sealed = new Uint8Array(req.buf, (req.bufOffset ?? 0) + m[k + 3]!, length);
       if (comp === COMP_NONE && length - NONCE_LEN - TAG_LEN === rawLength) {
         // Uncompressed: decrypt straight into the output.
         openInto(encKey, sealed, blobAad(id, type, comp), req.what, out, pos);
@@ -150,10 +150,13 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
         }
       }
     }
-    if (jobs) return { res: { seq: req.seq, ok: true, buf: req.buf, failures }, transfer: [req.buf] };
-    if (req.shared) return { res: { seq: req.seq, ok: true, buf: req.buf }, transfer: [req.buf] };
+    // A transferred read buffer goes back for reuse; a shared one stays where it is.
+    const back = req.buf instanceof ArrayBuffer ? req.buf : undefined;
+    const ret = back ? [back] : [];
+    if (jobs) return { res: { seq: req.seq, ok: true, buf: back, failures }, transfer: ret };
+    if (req.shared) return { res: { seq: req.seq, ok: true, buf: back }, transfer: ret };
     const ab = req.out && out.buffer === req.out ? req.out : ownArrayBuffer(out);
-    return { res: { seq: req.seq, ok: true, plain: ab, buf: req.buf }, transfer: [ab, req.buf] };
+    return { res: { seq: req.seq, ok: true, plain: ab, buf: back }, transfer: [ab, ...ret] };
   }
   // load
   const plain = openBlob(
