@@ -421,8 +421,17 @@ export class Repository implements BlobReader {
     return { buf, offset, release };
   }
 
-  /** A run's blobs for the worker: ids (32 bytes each) and RUN_META numbers each, plaintexts at `at`. */
-  private static runMeta(run: LoadRun, at: number[]): { ids: Uint8Array; meta: Uint32Array } {
+  /**
+   * The worker message for a run read into `read`: its blobs as ids (32 bytes each) and RUN_META numbers
+   * each, the plaintexts to go at `at`.
+   */
+  private static runRequest(
+    run: LoadRun,
+    at: number[],
+    read: RunRead,
+    what: string,
+    verify: boolean,
+  ): Extract<WorkerRequest, { op: 'loadRun' }> {
     const n = run.blobs.length;
     const ids = new Uint8Array(32 * n);
     const meta = new Uint32Array(RUN_META * n);
@@ -430,7 +439,7 @@ export class Repository implements BlobReader {
       ids.set(Buffer.from(id, 'hex'), 32 * i);
       meta.set([e.type, e.comp, e.rawLength, e.offset - run.start, e.length, at[i]!], RUN_META * i);
     });
-    return { ids, meta };
+    return { op: 'loadRun', seq: 0, buf: read.buf, bufOffset: read.offset, ids, meta, what, verify };
   }
 
   /** Runs a run's message in the pool, then frees its read; an IntegrityError from the worker names the pack. */
@@ -489,18 +498,8 @@ export class Repository implements BlobReader {
         if (aligned.total <= RUN_BUF) layout = aligned;
       }
       const { at, total } = layout;
-      const { ids, meta } = Repository.runMeta(run, at);
+      const base = Repository.runRequest(run, at, read, what, verify);
       try {
-        const base = {
-          op: 'loadRun',
-          seq: 0,
-          buf: read.buf,
-          bufOffset: read.offset,
-          ids,
-          meta,
-          what,
-          verify,
-        } as const;
         const r = await this.runInPool(
           slot === undefined ? base : { ...base, shared: arena.buffer, sharedOffset: slot },
           read,
@@ -548,19 +547,8 @@ export class Repository implements BlobReader {
           order.push(k);
         }
       });
-      const { ids, meta } = Repository.runMeta(run, at);
       const r = await this.runInPool(
-        {
-          op: 'loadRun',
-          seq: 0,
-          buf: read.buf,
-          bufOffset: read.offset,
-          ids,
-          meta,
-          what,
-          verify: opts.verify ?? false,
-          files: packJobs(jobs),
-        },
+        { ...Repository.runRequest(run, at, read, what, opts.verify ?? false), files: packJobs(jobs) },
         read,
         what,
       );
