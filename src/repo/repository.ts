@@ -519,7 +519,7 @@ export class Repository implements BlobReader {
 
   /**
    * BlobReader.writeFiles: like `loadMany`, but each run's worker writes the files of its blobs right after
-   * decrypting them (small-files.ts), so the plaintext stays in the worker and the main thread only plans.
+   * decrypting them (files.ts), so the plaintext stays in the worker and the main thread only plans.
    */
   async writeFiles(files: BlobFile[], opts: LoadOptions = {}): Promise<(FileFailure | null)[]> {
     const failures: (FileFailure | null)[] = new Array<FileFailure | null>(files.length).fill(null);
