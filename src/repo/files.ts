@@ -12,30 +12,39 @@ import type { FileFailure, FileJob } from './api.ts';
 import { isAllZero } from './tree/zero.ts';
 
 /** Granularity of zero runs that are skipped instead of written. */
-export const SPARSE_BLOCK = 64 * 1024;
+const SPARSE_BLOCK = 64 * 1024;
 
 /** Permission bits the process's umask takes away from a file's creation mode (read once). */
 const UMASK = process.umask();
 
-/** Writes `data` from offset 0, skipping all-zero blocks; returns the end of the last byte written. */
-export function writeSparseSync(fd: number, data: Uint8Array): number {
+/**
+ * The stretches of `data` to write, as [start, end) pairs: all but whole SPARSE_BLOCKs of zeros, which are
+ * left as holes (the file is sized with ftruncate, so they read as zeros).
+ */
+export function dataRuns(data: Uint8Array): [number, number][] {
+  const runs: [number, number][] = [];
   let runStart = -1;
-  let written = 0;
-  const flush = (from: number, to: number): void => {
-    let done = from;
-    while (done < to) done += fsSync.writeSync(fd, data, done, to - done, done);
-    written = to;
-  };
   for (let o = 0; o < data.length; o += SPARSE_BLOCK) {
     const end = Math.min(o + SPARSE_BLOCK, data.length);
     const zero = end - o === SPARSE_BLOCK && isAllZero(data, o, end);
     if (!zero && runStart < 0) runStart = o;
     else if (zero && runStart >= 0) {
-      flush(runStart, o);
+      runs.push([runStart, o]);
       runStart = -1;
     }
   }
-  if (runStart >= 0) flush(runStart, data.length);
+  if (runStart >= 0) runs.push([runStart, data.length]);
+  return runs;
+}
+
+/** Writes `data` from offset 0, skipping all-zero blocks; returns the end of the last byte written. */
+function writeSparseSync(fd: number, data: Uint8Array): number {
+  let written = 0;
+  for (const [from, to] of dataRuns(data)) {
+    let done = from;
+    while (done < to) done += fsSync.writeSync(fd, data, done, to - done, done);
+    written = to;
+  }
   return written;
 }
 
@@ -45,7 +54,7 @@ export function writeSparseSync(fd: number, data: Uint8Array): number {
  * starts at 0600 and gets them only once complete. On failure the new file is removed and the error rethrown;
  * 'SIZE' when `data` is not `job.size` bytes.
  */
-export function writeFileJobSync(job: FileJob, data: Uint8Array | undefined): void {
+function writeFileJobSync(job: FileJob, data: Uint8Array | undefined): void {
   const shown = job.renameTo ?? job.path;
   if (data && data.length !== job.size)
     throw Object.assign(
@@ -74,10 +83,15 @@ export function writeFileJobSync(job: FileJob, data: Uint8Array | undefined): vo
   }
 }
 
-/** The error of a failed `writeFileJobSync`, as it crosses threads. */
-export function fileFailure(err: unknown): FileFailure {
-  const e = err as Error & { code?: unknown };
-  return { code: typeof e.code === 'string' ? e.code : 'EIO', message: e.message };
+/** `writeFileJobSync`, its error returned as it crosses threads instead of thrown; null when written. */
+export function tryWriteFileJob(job: FileJob, data: Uint8Array | undefined): FileFailure | null {
+  try {
+    writeFileJobSync(job, data);
+    return null;
+  } catch (err) {
+    const e = err as Error & { code?: unknown };
+    return { code: typeof e.code === 'string' ? e.code : 'EIO', message: e.message };
+  }
 }
 
 /**

@@ -20,7 +20,7 @@ import {
   ZstdInto,
 } from './crypto.ts';
 import type { FileFailure } from './api.ts';
-import { fileFailure, unpackJobs, writeFileJobSync } from './files.ts';
+import { tryWriteFileJob, unpackJobs } from './files.ts';
 import { ownArrayBuffer, RUN_META, type WorkerRequest, type WorkerResponse } from './pool.ts';
 
 let encKey: crypto.KeyObject | undefined;
@@ -142,12 +142,7 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
         plain.copy(out, pos);
       }
       for (; jobs && nextJob < jobs.length && jobs[nextJob]!.blob === i; nextJob++) {
-        try {
-          writeFileJobSync(jobs[nextJob]!.job, out.subarray(pos, pos + rawLength));
-          failures.push(null);
-        } catch (err) {
-          failures.push(fileFailure(err));
-        }
+        failures.push(tryWriteFileJob(jobs[nextJob]!.job, out.subarray(pos, pos + rawLength)));
       }
     }
     // A transferred read buffer goes back for reuse; a shared one stays where it is.

@@ -21,11 +21,10 @@ import { promisify } from 'node:util';
 import { CancelledError, ConflictError, IntegrityError, throwIfAborted } from '../../core/base.ts';
 import type { RunOptions } from '../../core/base.ts';
 import type { BlobFile, BlobId, BlobReader, FileFailure, FileJob, TreeBlob, TreeNode } from '../api.ts';
-import { fileFailure, SPARSE_BLOCK, writeFileJobSync } from '../files.ts';
+import { dataRuns, tryWriteFileJob } from '../files.ts';
 import { decodeTree } from './codec.ts';
 import { errnoOf, fsError } from './fserrors.ts';
 import { Semaphore } from './limit.ts';
-import { isAllZero } from './zero.ts';
 
 const execFileAsync = promisify(execFile);
 
@@ -533,13 +532,7 @@ class TreeRestore {
     const size = f.node.holeSizes?.[0] ?? 0;
     if (size !== job.size)
       throw new IntegrityError(`chunks of ${f.abs} do not add up to its recorded size ${job.size}`);
-    let failure: FileFailure | null = null;
-    try {
-      writeFileJobSync(job, undefined);
-    } catch (err) {
-      failure = fileFailure(err);
-    }
-    this.smallDone(f.abs, job.size, failure);
+    this.smallDone(f.abs, job.size, tryWriteFileJob(job, undefined));
   }
 
   /**
@@ -570,13 +563,7 @@ class TreeRestore {
         else byId.set(w.id, [k]);
       });
       const onBlob = (id: BlobId, plain: Buffer): Promise<void> => {
-        for (const k of byId.get(id) ?? []) {
-          try {
-            writeFileJobSync(work[k]!.job, plain);
-          } catch (err) {
-            failures[k] = fileFailure(err);
-          }
-        }
+        for (const k of byId.get(id) ?? []) failures[k] = tryWriteFileJob(work[k]!.job, plain);
         return Promise.resolve();
       };
       if (this.reader.loadMany) await this.reader.loadMany([...byId.keys()], onBlob, { signal: this.signal });
@@ -606,13 +593,7 @@ class TreeRestore {
     if (id === null) return this.writeHole(f, job);
     const data = await this.reader.loadBlob(id, { signal: this.signal });
     this.bytesRead += data.length;
-    let failure: FileFailure | null = null;
-    try {
-      writeFileJobSync(job, data);
-    } catch (err) {
-      failure = fileFailure(err);
-    }
-    this.smallDone(abs, job.size, failure);
+    this.smallDone(abs, job.size, tryWriteFileJob(job, data));
   }
 
   private async writeFile(node: TreeNode, abs: string, hidden: boolean): Promise<void> {
@@ -682,17 +663,7 @@ class TreeRestore {
 
 /** Writes `data` at `position`, skipping all-zero blocks (the file was pre-sized, so they read as zeros). */
 async function writeSparse(fh: fs.FileHandle, data: Buffer, position: number): Promise<void> {
-  let runStart = -1;
-  for (let o = 0; o < data.length; o += SPARSE_BLOCK) {
-    const end = Math.min(o + SPARSE_BLOCK, data.length);
-    const zero = end - o === SPARSE_BLOCK && isAllZero(data, o, end);
-    if (!zero && runStart < 0) runStart = o;
-    else if (zero && runStart >= 0) {
-      await writeAll(fh, data.subarray(runStart, o), position + runStart);
-      runStart = -1;
-    }
-  }
-  if (runStart >= 0) await writeAll(fh, data.subarray(runStart), position + runStart);
+  for (const [from, to] of dataRuns(data)) await writeAll(fh, data.subarray(from, to), position + from);
 }
 
 async function writeAll(fh: fs.FileHandle, data: Buffer, position: number): Promise<void> {
