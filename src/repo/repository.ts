@@ -48,7 +48,7 @@ import {
 } from './format.ts';
 import { DEFAULT_KDF, makeKeyFile, parseKeyFile, unwrapKey } from './keys.ts';
 import { RepoLock } from './lock.ts';
-import { DIRECT_ALIGN, RunArena } from './arena.ts';
+import { DIRECT_ALIGN, RunArena } from '../core/aligned.ts';
 import { CryptoPool, ownArrayBuffer, RUN_META, type Ok, type WorkerRequest } from './pool.ts';
 import { packJobs } from './files.ts';
 
@@ -158,6 +158,8 @@ export class Repository implements BlobReader {
   private runArena: RunArena | undefined;
   /** Shared slots the runs of loadMany and writeFiles are read into (readRun). */
   private readArena: RunArena | undefined;
+  /** Page-aligned pack buffers of backup sessions (packArena). */
+  private packSlots: RunArena<ArrayBuffer> | undefined;
 
   private constructor(
     store: ObjectStore,
@@ -603,6 +605,14 @@ export class Repository implements BlobReader {
     }
   }
 
+  /**
+   * Aligned memory for the packs a backup assembles: the local store writes a pack from there with O_DIRECT.
+   * Slots for the pack being filled and those being uploaded (made on first use).
+   */
+  packArena(): RunArena<ArrayBuffer> {
+    return (this.packSlots ??= new RunArena<ArrayBuffer>(PACKS_UPLOADING + 2, PACK_BUF, false));
+  }
+
   sealSmall(label: string, plain: Buffer): Buffer {
     return sealObject(this.key.encKey, label, plain);
   }
@@ -724,6 +734,8 @@ export class Repository implements BlobReader {
 /** The pack being filled: sealed blobs are copied into `buf` (recycled between packs) as they arrive. */
 interface OpenPack {
   buf: Buffer;
+  /** The buffer's offset in the repository's pack arena, when it is a slot of it. */
+  slot?: number;
   blobs: PackBlob[];
   size: number;
 }
@@ -749,7 +761,7 @@ export class BackupSession implements BlobWriter {
   private readonly lock: RepoLock | undefined;
   private readonly pendingIds = new Set<string>();
   private pack: OpenPack = { buf: NO_BUF, blobs: [], size: 0 };
-  /** Recycled pack buffers (PACK_BUF bytes) and blob read buffers (by exact length). */
+  /** Recycled pack buffers (PACK_BUF bytes) taken when the pack arena had no free slot, and blob read buffers (by exact length). */
   private readonly packBufs: Buffer[] = [];
   private readonly freeBlobBufs = new Map<number, ArrayBuffer[]>();
   private readonly freeSealed = new Map<number, ArrayBuffer[]>();
@@ -960,10 +972,15 @@ export class BackupSession implements BlobWriter {
       this.finishPack();
     if (this.pack.blobs.length === 0) {
       const need = room(sealed.length);
-      this.pack.buf =
-        need <= PACK_BUF
-          ? (this.packBufs.pop() ?? Buffer.allocUnsafeSlow(PACK_BUF))
-          : Buffer.allocUnsafeSlow(need);
+      if (need > PACK_BUF) this.pack.buf = Buffer.allocUnsafeSlow(need);
+      else {
+        const arena = this.repo.packArena();
+        const slot = arena.take();
+        if (slot !== undefined) {
+          this.pack.buf = Buffer.from(arena.buffer, slot, PACK_BUF);
+          this.pack.slot = slot;
+        } else this.pack.buf = this.packBufs.pop() ?? Buffer.allocUnsafeSlow(PACK_BUF);
+      }
     }
     this.pendingIds.add(id);
     this.pack.blobs.push({
@@ -1008,7 +1025,8 @@ export class BackupSession implements BlobWriter {
       if (!held) return;
       held = false;
       this.packsUploading--;
-      if (pack.buf.length === PACK_BUF && this.packBufs.length < 2) this.packBufs.push(pack.buf);
+      if (pack.slot !== undefined) this.repo.packArena().give(pack.slot);
+      else if (pack.buf.length === PACK_BUF && this.packBufs.length < 2) this.packBufs.push(pack.buf);
       this.wake();
     };
     const up = this.repo.store
@@ -1086,6 +1104,9 @@ export class BackupSession implements BlobWriter {
     if (this.closed) return;
     this.closed = true;
     this.wake();
+    // An unfinished pack is dropped; its slot goes back to the arena.
+    if (this.pack.slot !== undefined) this.repo.packArena().give(this.pack.slot);
+    this.pack = { buf: NO_BUF, blobs: [], size: 0 };
     await Promise.allSettled([...this.uploads]);
     // Packs that did reach the store are indexed so the next backup reuses them.
     this.queueIndex();

@@ -14,14 +14,28 @@ import {
   TernError,
   throwIfAborted,
 } from '../core/base.ts';
+import { directSpan } from '../core/aligned.ts';
 import type { ObjectInfo, ObjectStore, PutOptions } from './types.ts';
 
 /** Ranges up to this size are read synchronously (getRange). */
 const SYNC_READ = 64 * 1024;
 
+const { O_WRONLY, O_CREAT, O_EXCL, O_DIRECT } = fsSync.constants;
+/** Flags for a new file written with O_DIRECT (undefined where the platform has no O_DIRECT). */
+const DIRECT_CREATE = O_DIRECT === undefined ? undefined : O_WRONLY | O_CREAT | O_EXCL | O_DIRECT;
+
 export class LocalStore implements ObjectStore {
   readonly location: string;
   private readonly root: string;
+  /** Whether puts from aligned memory use O_DIRECT (turned off for good when the filesystem refuses it). */
+  private direct = DIRECT_CREATE !== undefined && process.env.TERN_NO_DIRECT_IO !== '1';
+  /** Objects written with O_DIRECT so far. */
+  directPuts = 0;
+
+  /** True while puts from aligned memory go through O_DIRECT. */
+  get directIo(): boolean {
+    return this.direct;
+  }
 
   constructor(root: string) {
     this.root = path.resolve(root);
@@ -109,14 +123,7 @@ export class LocalStore implements ObjectStore {
     const tmp = `${dest}.tmp-${randomBytes(6).toString('hex')}`;
     try {
       await fs.mkdir(path.dirname(dest), { recursive: true });
-      const fh = await fs.open(tmp, 'wx');
-      try {
-        await fh.writeFile(data);
-        opts?.onDataReleased?.();
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
+      await this.writeNew(tmp, data, opts);
       if (opts?.ifNoneMatch) {
         // link() fails if dest exists: an atomic create-if-absent on POSIX filesystems.
         try {
@@ -135,6 +142,49 @@ export class LocalStore implements ObjectStore {
       await fs.rm(tmp, { force: true }).catch(() => undefined);
       if (err instanceof ConflictError) throw err;
       throw mapFsError(err, key, this.location);
+    }
+  }
+
+  /** Writes `data` to the new file `tmp` and fsyncs it: with O_DIRECT when `data` lies in aligned memory. */
+  private async writeNew(tmp: string, data: Buffer, opts?: PutOptions): Promise<void> {
+    const span = this.direct ? directSpan(data) : undefined;
+    if (span !== undefined && DIRECT_CREATE !== undefined) {
+      // O_DIRECT moves the bytes from the caller's (page-aligned) buffer to the device: no copy into the
+      // page cache and no writeback afterwards, which took ~40% of a 2 GiB backup's kernel time here. The
+      // last block is written whole (the bytes past the end are the buffer's) and the file cut back.
+      let fh: fs.FileHandle | undefined;
+      try {
+        fh = await fs.open(tmp, DIRECT_CREATE, 0o666);
+        const whole = Buffer.from(data.buffer, data.byteOffset, span);
+        let done = 0;
+        while (done < span) {
+          const { bytesWritten } = await fh.write(whole, done, span - done, done);
+          if (bytesWritten === 0) throw new StorageError(`short write to ${tmp}`);
+          done += bytesWritten;
+        }
+        opts?.onDataReleased?.();
+        if (span !== data.length) await fh.truncate(data.length);
+        await fh.sync();
+        this.directPuts++;
+        return;
+      } catch (err) {
+        // A filesystem may refuse O_DIRECT at open (tmpfs) or at the first write: buffered from then on.
+        if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+        this.direct = false;
+        await fh?.close();
+        fh = undefined;
+        await fs.rm(tmp, { force: true });
+      } finally {
+        await fh?.close();
+      }
+    }
+    const fh = await fs.open(tmp, 'wx');
+    try {
+      await fh.writeFile(data);
+      opts?.onDataReleased?.();
+      await fh.sync();
+    } finally {
+      await fh.close();
     }
   }
 

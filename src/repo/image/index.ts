@@ -7,7 +7,7 @@ import { promisify } from 'node:util';
 import crypto from 'node:crypto';
 import type { RunOptions } from '../../core/base.ts';
 import { InputError, IntegrityError, NoSpaceError, throwIfAborted, CancelledError } from '../../core/base.ts';
-import { DIRECT_ALIGN, directWritable } from '../arena.ts';
+import { DIRECT_ALIGN, directWritable } from '../../core/aligned.ts';
 import type { BlobId, BlobReader, BlobWriter, ByteRange, ImageChunk, ImageExtent, ImageMap } from '../api.ts';
 
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
