@@ -35,7 +35,29 @@ export interface BlobWriter {
   allocBlobBuffer?(length: number): Buffer;
   /** Is the blob already in the repository (or pending in this session)? */
   hasBlob(id: BlobId): boolean;
+  /**
+   * Optional: read the small file at `path` (opened with `flags`) and save it as one data blob, where the
+   * blob is hashed and sealed (a crypto worker): the caller's thread makes no system call for it. Expects
+   * `expectedSize` bytes (at most FILE_BLOB_MAX) and reports what it found instead.
+   */
+  saveFile?(path: string, expectedSize: number, flags: number, opts?: RunOptions): Promise<FileSaved>;
 }
+
+/** Largest file `saveFile` takes. */
+export const FILE_BLOB_MAX = 256 * 1024;
+
+/** What `saveFile` found: */
+export type FileSaved =
+  /** the file's `size` bytes (≥ 1, not all zero; fewer than expected when it shrank), saved as `id` */
+  | ({ kind: 'blob'; size: number } & SaveResult)
+  /** `size` ≥ 4 KiB bytes, all zero: nothing saved, the caller records a hole (smaller ones are saved) */
+  | { kind: 'zero'; size: number }
+  /** nothing: the file is empty */
+  | { kind: 'empty' }
+  /** more than `expectedSize` bytes: nothing saved, the caller reads it another way */
+  | { kind: 'grew' }
+  /** open or read failed with this errno code (ENOENT, EACCES, ...) */
+  | { kind: 'error'; code: string };
 
 export interface LoadOptions extends RunOptions {
   /**

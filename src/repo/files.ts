@@ -136,3 +136,22 @@ export function unpackJobs(p: PackedJobs): { blob: number; job: FileJob }[] {
   }
   return out;
 }
+
+/**
+ * Reads the file at `path` from its start into `buf` until the end of the file or of `buf`, synchronously
+ * (in a crypto worker, for `saveFile`); returns the bytes read. Throws what open or read threw.
+ */
+export function readWholeSync(path: string, flags: number, buf: Uint8Array): number {
+  const fd = fsSync.openSync(path, flags);
+  try {
+    let total = 0;
+    while (total < buf.length) {
+      const n = fsSync.readSync(fd, buf, total, buf.length - total, null);
+      if (n === 0) break;
+      total += n;
+    }
+    return total;
+  } finally {
+    fsSync.closeSync(fd);
+  }
+}

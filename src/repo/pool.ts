@@ -40,6 +40,19 @@ export type WorkerRequest =
       out?: ArrayBuffer;
     }
   | {
+      op: 'saveFiles';
+      seq: number;
+      type: number;
+      /** the files' paths joined with NUL, their expected sizes, the flags to open them with */
+      paths: string;
+      sizes: Float64Array;
+      flags: number;
+      /** smaller all-zero files are saved as blobs; from this size on they are reported as zero */
+      minZero: number;
+      /** a recycled buffer for the sealed blobs (used when large enough) */
+      out?: ArrayBuffer;
+    }
+  | {
       op: 'loadRun';
       seq: number;
       /**
@@ -68,6 +81,14 @@ export type WorkerRequest =
  */
 export const RUN_META = 6;
 
+/** saveFiles, per file in `fileMeta`: status (SAVED_*), size found, compression, sealed length. */
+export const FILE_META = 4;
+export const SAVED_BLOB = 0;
+export const SAVED_ZERO = 1;
+export const SAVED_EMPTY = 2;
+export const SAVED_GREW = 3;
+export const SAVED_ERROR = 4;
+
 export type WorkerResponse =
   | {
       seq: number;
@@ -85,6 +106,10 @@ export type WorkerResponse =
       meta?: Uint32Array;
       /** loadRun with files: per file job, in request order, null when written */
       failures?: (FileFailure | null)[];
+      /** saveFiles: per file, SAVED_* status and its size (FILE_META numbers in `meta`, ids as saveMany);
+       * the errno code of each file that failed */
+      fileMeta?: Float64Array;
+      codes?: (string | null)[];
     }
   | { seq: number; ok: false; error: string; integrity: boolean };
 

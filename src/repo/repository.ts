@@ -24,10 +24,12 @@ import type {
   BlobWriter,
   FileFailure,
   FileJob,
+  FileSaved,
   LoadOptions,
   SaveResult,
   SnapshotManifest,
 } from './api.ts';
+import { FILE_BLOB_MAX } from './api.ts';
 import { BlobIndex, type BlobEntry } from './blob-index.ts';
 import {
   IdHasher,
@@ -49,7 +51,18 @@ import {
 import { DEFAULT_KDF, makeKeyFile, parseKeyFile, unwrapKey } from './keys.ts';
 import { RepoLock } from './lock.ts';
 import { DIRECT_ALIGN, RunArena } from '../core/aligned.ts';
-import { CryptoPool, ownArrayBuffer, RUN_META, type Ok, type WorkerRequest } from './pool.ts';
+import {
+  CryptoPool,
+  FILE_META,
+  ownArrayBuffer,
+  RUN_META,
+  SAVED_BLOB,
+  SAVED_EMPTY,
+  SAVED_GREW,
+  SAVED_ZERO,
+  type Ok,
+  type WorkerRequest,
+} from './pool.ts';
 import { packJobs } from './files.ts';
 
 export interface RepoConfig {
@@ -742,6 +755,14 @@ interface OpenPack {
 
 const NO_BUF = Buffer.alloc(0);
 
+/** A file of saveFile as the worker found it: sealed, or why not. */
+type FileRead =
+  | { kind: 'sealed'; id: string; comp: number; size: number; sealed: Buffer }
+  | Exclude<FileSaved, { kind: 'blob' }>;
+
+/** saveFile: smaller all-zero files are saved as data (as the tree backup stores them). */
+const FILE_MIN_HOLE = 4096;
+
 interface SmallSealed {
   id: string;
   comp: number;
@@ -774,6 +795,16 @@ export class BackupSession implements BlobWriter {
   }[] = [];
   private batchBytes = 0;
   private batchTimer: NodeJS.Immediate | undefined;
+  /** Small files waiting to go to a worker (saveFile). */
+  private fileBatch: {
+    path: string;
+    size: number;
+    flags: number;
+    resolve: (r: FileRead) => void;
+    reject: (e: unknown) => void;
+  }[] = [];
+  private fileBatchBytes = 0;
+  private fileBatchTimer: NodeJS.Immediate | undefined;
   private freeBlobBytes = 0;
   private readonly uploads = new Set<Promise<void>>();
   /** Uploads whose pack buffer the store may still read. */
@@ -889,6 +920,108 @@ export class BackupSession implements BlobWriter {
     } finally {
       this.workerBytes -= len;
       this.wake();
+    }
+  }
+
+  async saveFile(
+    path: string,
+    expectedSize: number,
+    flags: number,
+    opts: RunOptions = {},
+  ): Promise<FileSaved> {
+    this.check();
+    if (!Number.isInteger(expectedSize) || expectedSize < 0 || expectedSize > FILE_BLOB_MAX)
+      throw new InputError(`saveFile takes files of at most ${FILE_BLOB_MAX} bytes, not ${expectedSize}`);
+    await this.waitFor(
+      () =>
+        this.workerBytes < WORKER_BYTES_IN_FLIGHT &&
+        this.uploads.size <= UPLOADS_IN_FLIGHT &&
+        this.packsUploading <= PACKS_UPLOADING &&
+        this.indexesPending <= 1,
+      opts.signal,
+    );
+    this.workerBytes += expectedSize;
+    try {
+      const r = await new Promise<FileRead>((resolve, reject) => {
+        this.fileBatch.push({ path, size: expectedSize, flags, resolve, reject });
+        this.fileBatchBytes += expectedSize;
+        if (this.fileBatch.length >= BATCH_BLOBS || this.fileBatchBytes >= BATCH_BYTES) this.sendFileBatch();
+        else this.fileBatchTimer ??= setImmediate(() => this.sendFileBatch());
+      });
+      if (r.kind !== 'sealed') return r;
+      const { id, sealed, comp, size } = r;
+      if (this.hasBlob(id)) return { kind: 'blob', size, ...this.dup(id) };
+      this.check();
+      this.addToPack(id, TYPE_DATA, comp, size, sealed);
+      this.stats.blobsNew++;
+      this.stats.bytesAdded += sealed.length;
+      if (this.pack.size >= TARGET_PACK) this.finishPack();
+      return { kind: 'blob', size, id, stored: true, storedBytes: sealed.length };
+    } finally {
+      this.workerBytes -= expectedSize;
+      this.wake();
+    }
+  }
+
+  /** One message to a worker for a batch of small files (saveFile): they are read and sealed there. */
+  private sendFileBatch(): void {
+    if (this.fileBatchTimer) clearImmediate(this.fileBatchTimer);
+    this.fileBatchTimer = undefined;
+    const items = this.fileBatch;
+    if (items.length === 0) return;
+    this.fileBatch = [];
+    this.fileBatchBytes = 0;
+    // One flags value per message: files opened otherwise (none today) go in batches of their own.
+    const flags = items[0]!.flags;
+    const rest = items.filter((it) => it.flags !== flags);
+    const mine = rest.length === 0 ? items : items.filter((it) => it.flags === flags);
+    const sizes = new Float64Array(mine.map((it) => it.size));
+    let need = 0;
+    for (const it of mine) need += it.size + 28;
+    const out = need <= BATCH_BUF ? (this.batchBufs.pop() ?? new ArrayBuffer(BATCH_BUF)) : undefined;
+    const req = {
+      op: 'saveFiles' as const,
+      seq: 0,
+      type: TYPE_DATA,
+      paths: mine.map((it) => it.path).join('\0'),
+      sizes,
+      flags,
+      minZero: FILE_MIN_HOLE,
+      ...(out ? { out } : {}),
+    };
+    this.repo.pool.run(req, out ? [out] : []).then(
+      (r) => {
+        const sealed = Buffer.from(r.sealed!);
+        const meta = r.fileMeta!;
+        let at = 0;
+        mine.forEach((it, i) => {
+          const [status, size, comp, length] = meta.subarray(FILE_META * i, FILE_META * i + FILE_META);
+          if (status === SAVED_BLOB) {
+            it.resolve({
+              kind: 'sealed',
+              id: Buffer.from(r.ids!.buffer, r.ids!.byteOffset + 32 * i, 32).toString('hex'),
+              comp: comp!,
+              size: size!,
+              sealed: sealed.subarray(at, at + length!),
+            });
+            at += length!;
+          } else if (status === SAVED_ZERO) it.resolve({ kind: 'zero', size: size! });
+          else if (status === SAVED_EMPTY) it.resolve({ kind: 'empty' });
+          else if (status === SAVED_GREW) it.resolve({ kind: 'grew' });
+          else it.resolve({ kind: 'error', code: r.codes?.[i] ?? 'EIO' });
+        });
+        // Resolutions run their continuations (copies into the pack) before the buffer is reused.
+        queueMicrotask(() => {
+          if (r.sealed!.byteLength === BATCH_BUF && this.batchBufs.length < 8) this.batchBufs.push(r.sealed!);
+        });
+      },
+      (err: unknown) => {
+        for (const it of mine) it.reject(err);
+      },
+    );
+    if (rest.length > 0) {
+      this.fileBatch = rest;
+      this.sendFileBatch();
     }
   }
 

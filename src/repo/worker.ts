@@ -20,8 +20,20 @@ import {
   ZstdInto,
 } from './crypto.ts';
 import type { FileFailure } from './api.ts';
-import { tryWriteFileJob, unpackJobs } from './files.ts';
-import { ownArrayBuffer, RUN_META, type WorkerRequest, type WorkerResponse } from './pool.ts';
+import { readWholeSync, tryWriteFileJob, unpackJobs } from './files.ts';
+import {
+  FILE_META,
+  ownArrayBuffer,
+  RUN_META,
+  SAVED_BLOB,
+  SAVED_EMPTY,
+  SAVED_ERROR,
+  SAVED_GREW,
+  SAVED_ZERO,
+  type WorkerRequest,
+  type WorkerResponse,
+} from './pool.ts';
+import { isAllZero } from './tree/zero.ts';
 
 let encKey: crypto.KeyObject | undefined;
 let idKey: IdHasher | undefined;
@@ -30,6 +42,8 @@ const zstd = new ZstdInto();
 let scratch = Buffer.allocUnsafeSlow(0);
 /** Plaintexts of runs whose files this worker writes (grown as needed, kept). */
 let fileOut = Buffer.allocUnsafeSlow(0);
+/** Small files this worker reads for a backup (saveFiles; grown as needed, kept). */
+let fileIn = Buffer.allocUnsafeSlow(0);
 
 function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffer[] } {
   if (req.op === 'keys') {
@@ -85,6 +99,57 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
     return {
       res: { seq: req.seq, ok: true, ids, meta, sealed, buf: req.buf },
       transfer: [sealed, req.buf],
+    };
+  }
+  if (req.op === 'saveFiles') {
+    // Small files of a tree backup, read here instead of on the main thread: one blob each.
+    const paths = req.paths.split('\0');
+    const n = req.sizes.length;
+    const ids = new Uint8Array(32 * n);
+    const meta = new Float64Array(FILE_META * n);
+    const codes: (string | null)[] = [];
+    let need = 0;
+    let largest = 0;
+    for (const size of req.sizes) {
+      need += size + NONCE_LEN + TAG_LEN;
+      largest = Math.max(largest, size);
+    }
+    const out = req.out && req.out.byteLength >= need ? Buffer.from(req.out) : Buffer.allocUnsafeSlow(need);
+    // One byte more than expected: a file that grew is noticed.
+    if (fileIn.length < largest + 1)
+      fileIn = Buffer.allocUnsafeSlow(Math.max(largest + 1, 2 * fileIn.length));
+    let pos = 0;
+    for (let i = 0; i < n; i++) {
+      const expected = req.sizes[i]!;
+      const m = meta.subarray(FILE_META * i, FILE_META * i + FILE_META);
+      let got: number;
+      try {
+        got = readWholeSync(paths[i]!, req.flags, fileIn.subarray(0, expected + 1));
+      } catch (err) {
+        m[0] = SAVED_ERROR;
+        codes[i] = (err as NodeJS.ErrnoException).code ?? String(err);
+        continue;
+      }
+      m[1] = got;
+      if (got > expected) m[0] = SAVED_GREW;
+      else if (got === 0) m[0] = SAVED_EMPTY;
+      else if (got >= req.minZero && isAllZero(fileIn, 0, got)) m[0] = SAVED_ZERO;
+      else {
+        const plain = fileIn.subarray(0, got);
+        const id = blobIdOf(idKey, plain);
+        const { data, comp } = maybeCompress(plain);
+        const sealed = seal(encKey, data, blobAad(id, req.type, comp), out.subarray(pos));
+        ids.set(id, 32 * i);
+        m[0] = SAVED_BLOB;
+        m[2] = comp;
+        m[3] = sealed.length;
+        pos += sealed.length;
+      }
+    }
+    const sealed = req.out && out.buffer === req.out ? req.out : ownArrayBuffer(out);
+    return {
+      res: { seq: req.seq, ok: true, ids, fileMeta: meta, codes, sealed },
+      transfer: [sealed],
     };
   }
   if (req.op === 'loadRun') {

@@ -12,7 +12,14 @@ import type { BigIntStats } from 'node:fs';
 import path from 'node:path';
 import { CancelledError, InputError, throwIfAborted } from '../../core/base.ts';
 import type { RunOptions } from '../../core/base.ts';
-import type { BlobId, BlobReader, BlobWriter, TreeBlob, TreeNode } from '../api.ts';
+import {
+  FILE_BLOB_MAX,
+  type BlobId,
+  type BlobReader,
+  type BlobWriter,
+  type TreeBlob,
+  type TreeNode,
+} from '../api.ts';
 import { FastCdc } from './chunker.ts';
 import type { ChunkerParams } from './chunker.ts';
 import { compareNames, decodeTree, encodeTree } from './codec.ts';
@@ -473,6 +480,30 @@ class TreeBackup {
     const pause = this.breathe();
     if (pause) await pause;
     throwIfAborted(this.signal);
+    if (this.writer.saveFile && expectedSize <= FILE_BLOB_MAX) {
+      // The writer reads the file where it seals it (a crypto worker): this thread only walks and stats.
+      const r = await this.writer.saveFile(abs, expectedSize, this.openFlags, { signal: this.signal });
+      switch (r.kind) {
+        case 'error':
+          if (r.code === 'ENOENT') this.warn(rel, 'vanished during backup');
+          else this.warn(rel, `cannot read (${r.code}), skipped`);
+          return undefined;
+        case 'grew':
+          return this.readFile(abs, rel, expectedSize);
+        case 'empty':
+          if (expectedSize !== 0) this.warn(rel, `size changed during backup (${expectedSize} → 0 bytes)`);
+          return { size: 0, content: [] };
+        case 'zero':
+          if (r.size !== expectedSize) this.sizeChanged(rel, expectedSize, r.size);
+          this.stats.bytesRead += r.size;
+          return { size: r.size, content: [null], holeSizes: [r.size] };
+        case 'blob':
+          if (r.size !== expectedSize) this.sizeChanged(rel, expectedSize, r.size);
+          this.stats.bytesRead += r.size;
+          this.stats.bytesAdded += r.storedBytes;
+          return { size: r.size, content: [r.id] };
+      }
+    }
     let buf: Buffer;
     let total = 0;
     try {
@@ -497,8 +528,7 @@ class TreeBackup {
     }
     if (total > expectedSize) return this.readFile(abs, rel, expectedSize);
     this.stats.bytesRead += total;
-    if (total !== expectedSize)
-      this.warn(rel, `size changed during backup (${expectedSize} → ${total} bytes)`);
+    if (total !== expectedSize) this.sizeChanged(rel, expectedSize, total);
     if (total === 0) return { size: 0, content: [] };
     if (total >= MIN_HOLE && isAllZero(buf, 0, total))
       return { size: total, content: [null], holeSizes: [total] };
@@ -506,6 +536,10 @@ class TreeBackup {
     const r = await this.writer.saveBlob('data', buf.subarray(0, total), { signal: this.signal });
     this.stats.bytesAdded += r.storedBytes;
     return { size: total, content: [r.id] };
+  }
+
+  private sizeChanged(rel: string, expected: number, found: number): void {
+    this.warn(rel, `size changed during backup (${expected} → ${found} bytes)`);
   }
 
   /** Reads one file, cuts it into chunks and saves them; undefined when the file vanished or is unreadable. */
