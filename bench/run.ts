@@ -19,7 +19,17 @@ import {
   writeTextFile,
   type ByteRange,
 } from './data.ts';
-import { dropCaches, du, findRestored, GNU_TIME, hashFile, hashTree, timed, untimed } from './measure.ts';
+import {
+  dropCaches,
+  du,
+  evictFromCache,
+  findRestored,
+  GNU_TIME,
+  hashFile,
+  hashTree,
+  timed,
+  untimed,
+} from './measure.ts';
 import type { Machine, Row } from './report.ts';
 import {
   describeMachine,
@@ -201,6 +211,17 @@ class Bench {
     else await untimed({ cmd: 'sync', args: [] });
   }
 
+  /**
+   * Before a restore, also the repository is dropped from the page cache, for every tool: a restore at the
+   * DR site reads a repository written long before (or elsewhere), not one still in memory. Without this the
+   * comparison depended on how each tool wrote its packs (Tern writes them with O_DIRECT, which leaves
+   * nothing cached; restic's buffered writes stay in memory).
+   */
+  private async prepareRestore(repo: string): Promise<void> {
+    await this.prepare();
+    if (!this.cfg.dropCaches) await evictFromCache(repo);
+  }
+
   /** One timed backup; returns the snapshot id, or undefined after recording an ERROR row. */
   async backup(
     tool: Tool,
@@ -248,7 +269,7 @@ class Bench {
     const target = path.join(this.work, 'restore', `${tool.name}-${base.scenario}-${base.op}`);
     await rm(target, { recursive: true, force: true });
     await mkdir(path.dirname(target), { recursive: true });
-    await this.prepare();
+    await this.prepareRestore(repo);
     try {
       const res = await timed(tool.restore(repo, snapshot, target));
       let check: Row['check'] = 'ok';
