@@ -153,6 +153,7 @@ export class LocalStore implements ObjectStore {
       // page cache and no writeback afterwards, which took ~40% of a 2 GiB backup's kernel time here. The
       // last block is written whole (the bytes past the end are the buffer's) and the file cut back.
       let fh: fs.FileHandle | undefined;
+      let written = false;
       try {
         fh = await fs.open(tmp, DIRECT_CREATE, 0o666);
         const whole = Buffer.from(data.buffer, data.byteOffset, span);
@@ -162,14 +163,16 @@ export class LocalStore implements ObjectStore {
           if (bytesWritten === 0) throw new StorageError(`short write to ${tmp}`);
           done += bytesWritten;
         }
+        written = true;
         opts?.onDataReleased?.();
         if (span !== data.length) await fh.truncate(data.length);
         await fh.sync();
         this.directPuts++;
         return;
       } catch (err) {
-        // A filesystem may refuse O_DIRECT at open (tmpfs) or at the first write: buffered from then on.
-        if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+        // A filesystem may refuse O_DIRECT at open (older tmpfs, overlayfs, some FUSE) or at the first write:
+        // buffered from then on. Not once the caller has its buffer back: the bytes are no longer there.
+        if ((err as NodeJS.ErrnoException).code !== 'EINVAL' || written) throw err;
         this.direct = false;
         await fh?.close();
         fh = undefined;
