@@ -755,6 +755,9 @@ interface OpenPack {
 
 const NO_BUF = Buffer.alloc(0);
 
+/** An item of a batch for the workers, with the promise waiting for its result. */
+type Waiting<T, R> = T & { resolve: (r: R) => void; reject: (e: unknown) => void };
+
 /** A file of saveFile as the worker found it: sealed, or why not. */
 type FileRead =
   | { kind: 'sealed'; id: string; comp: number; size: number; sealed: Buffer }
@@ -787,22 +790,11 @@ export class BackupSession implements BlobWriter {
   private readonly freeBlobBufs = new Map<number, ArrayBuffer[]>();
   private readonly freeSealed = new Map<number, ArrayBuffer[]>();
   private readonly batchBufs: ArrayBuffer[] = [];
-  private batch: {
-    type: number;
-    plain: Buffer;
-    resolve: (r: SmallSealed) => void;
-    reject: (e: unknown) => void;
-  }[] = [];
+  private batch: Waiting<{ type: number; plain: Buffer }, SmallSealed>[] = [];
   private batchBytes = 0;
   private batchTimer: NodeJS.Immediate | undefined;
   /** Small files waiting to go to a worker (saveFile). */
-  private fileBatch: {
-    path: string;
-    size: number;
-    flags: number;
-    resolve: (r: FileRead) => void;
-    reject: (e: unknown) => void;
-  }[] = [];
+  private fileBatch: Waiting<{ path: string; size: number; flags: number }, FileRead>[] = [];
   private fileBatchBytes = 0;
   private fileBatchTimer: NodeJS.Immediate | undefined;
   private freeBlobBytes = 0;
@@ -853,19 +845,35 @@ export class BackupSession implements BlobWriter {
     }
   }
 
-  async saveBlob(type: BlobType, plaintext: Buffer, opts: RunOptions = {}): Promise<SaveResult> {
-    this.check();
-    if (plaintext.length > MAX_BLOB)
-      throw new InputError(`blob of ${plaintext.length} bytes is larger than ${MAX_BLOB}`);
-    await this.waitFor(
+  /** Waits until the session may take more work (back-pressure on workers, uploads and index writes). */
+  private admit(signal: AbortSignal | undefined): Promise<void> {
+    return this.waitFor(
       // Index writes must keep up too: packs without an index are lost if the process dies.
       () =>
         this.workerBytes < WORKER_BYTES_IN_FLIGHT &&
         this.uploads.size <= UPLOADS_IN_FLIGHT &&
         this.packsUploading <= PACKS_UPLOADING &&
         this.indexesPending <= 1,
-      opts.signal,
+      signal,
     );
+  }
+
+  /** A sealed blob the workers returned: a duplicate by now, or into the pack. */
+  private accept(id: string, type: number, comp: number, rawLength: number, sealed: Buffer): SaveResult {
+    if (this.hasBlob(id)) return this.dup(id);
+    this.check();
+    this.addToPack(id, type, comp, rawLength, sealed);
+    this.stats.blobsNew++;
+    this.stats.bytesAdded += sealed.length;
+    if (this.pack.size >= TARGET_PACK) this.finishPack();
+    return { id, stored: true, storedBytes: sealed.length };
+  }
+
+  async saveBlob(type: BlobType, plaintext: Buffer, opts: RunOptions = {}): Promise<SaveResult> {
+    this.check();
+    if (plaintext.length > MAX_BLOB)
+      throw new InputError(`blob of ${plaintext.length} bytes is larger than ${MAX_BLOB}`);
+    await this.admit(opts.signal);
     const len = plaintext.length;
     this.workerBytes += len;
     try {
@@ -873,13 +881,7 @@ export class BackupSession implements BlobWriter {
       if (len <= SMALL_BLOB) {
         // Small blobs travel to the workers in batches: one message and one copy per batch.
         const r = await this.enqueueSmall(t, plaintext);
-        if (this.hasBlob(r.id)) return this.dup(r.id);
-        this.check();
-        this.addToPack(r.id, t, r.comp, len, r.sealed);
-        this.stats.blobsNew++;
-        this.stats.bytesAdded += r.sealed.length;
-        if (this.pack.size >= TARGET_PACK) this.finishPack();
-        return { id: r.id, stored: true, storedBytes: r.sealed.length };
+        return this.accept(r.id, t, r.comp, len, r.sealed);
       }
       let ab = ownArrayBuffer(plaintext);
       const hashFirst = this.recentDup > 0.5;
@@ -932,14 +934,7 @@ export class BackupSession implements BlobWriter {
     this.check();
     if (!Number.isInteger(expectedSize) || expectedSize < 0 || expectedSize > FILE_BLOB_MAX)
       throw new InputError(`saveFile takes files of at most ${FILE_BLOB_MAX} bytes, not ${expectedSize}`);
-    await this.waitFor(
-      () =>
-        this.workerBytes < WORKER_BYTES_IN_FLIGHT &&
-        this.uploads.size <= UPLOADS_IN_FLIGHT &&
-        this.packsUploading <= PACKS_UPLOADING &&
-        this.indexesPending <= 1,
-      opts.signal,
-    );
+    await this.admit(opts.signal);
     this.workerBytes += expectedSize;
     try {
       const r = await new Promise<FileRead>((resolve, reject) => {
@@ -949,14 +944,7 @@ export class BackupSession implements BlobWriter {
         else this.fileBatchTimer ??= setImmediate(() => this.sendFileBatch());
       });
       if (r.kind !== 'sealed') return r;
-      const { id, sealed, comp, size } = r;
-      if (this.hasBlob(id)) return { kind: 'blob', size, ...this.dup(id) };
-      this.check();
-      this.addToPack(id, TYPE_DATA, comp, size, sealed);
-      this.stats.blobsNew++;
-      this.stats.bytesAdded += sealed.length;
-      if (this.pack.size >= TARGET_PACK) this.finishPack();
-      return { kind: 'blob', size, id, stored: true, storedBytes: sealed.length };
+      return { kind: 'blob', size: r.size, ...this.accept(r.id, TYPE_DATA, r.comp, r.size, r.sealed) };
     } finally {
       this.workerBytes -= expectedSize;
       this.wake();
