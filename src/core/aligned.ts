@@ -3,8 +3,8 @@
  *
  * The crypto workers write decrypted (and decompressed) runs straight into slots of one shared memory, and a
  * restore writes them out from there; a backup assembles its packs in slots of another, which the local
- * store writes with O_DIRECT. The memory comes from `WebAssembly.Memory({ shared: true })`: V8 maps it
- * with mmap, so its base is page-aligned, which a plain ArrayBuffer's is not. Views at 4 KiB offsets of it can
+ * store writes with O_DIRECT. The memory comes from `WebAssembly.Memory` (shared where workers write into
+ * it, plain for packs): V8 maps it with mmap, so its base is page-aligned, which a `new ArrayBuffer`'s is not. Views at 4 KiB offsets of it can
  * therefore be written with O_DIRECT (see `directWritable`), which moves the bytes to the device without
  * copying them into the page cache (on this machine, 2 GiB: ~0.1 s of CPU and ~0.8 s instead of ~1 s of CPU
  * and a ~1 s fsync at the end).

@@ -491,7 +491,7 @@ class TreeBackup {
         case 'grew':
           return this.readFile(abs, rel, expectedSize);
         case 'empty':
-          if (expectedSize !== 0) this.warn(rel, `size changed during backup (${expectedSize} → 0 bytes)`);
+          if (expectedSize !== 0) this.sizeChanged(rel, expectedSize, 0);
           return { size: 0, content: [] };
         case 'zero':
           if (r.size !== expectedSize) this.sizeChanged(rel, expectedSize, r.size);
