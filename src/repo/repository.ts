@@ -75,6 +75,11 @@ export interface OpenOptions {
   clock?: Clock;
   /** Worker threads for crypto; default min(4, cores). */
   workers?: number;
+  /**
+   * Start the crypto workers while the key is derived (default), or on first use: verbs that only read
+   * metadata (listings, keys, retention) rarely need them.
+   */
+  startWorkers?: boolean;
 }
 
 export interface InitOptions extends OpenOptions {
@@ -220,7 +225,7 @@ export class Repository implements BlobReader {
     let lastErr: unknown;
     let integrityErr: unknown;
     // While scrypt derives the key (~0.1 s), the crypto workers start and the index objects are read.
-    const pool = new CryptoPool(undefined, opts.workers);
+    const pool = opts.startWorkers === false ? undefined : new CryptoPool(undefined, opts.workers);
     const prefetched = Repository.fetchIndexObjects(store);
     prefetched.catch(() => undefined); // awaited (and its error reported) by loadIndex below
     for (const k of keyKeys.sort()) {
@@ -231,7 +236,7 @@ export class Repository implements BlobReader {
         const config = JSON.parse(
           openObject(key.encKey, 'config', raw, 'config').toString('utf8'),
         ) as RepoConfig;
-        pool.setKey(key);
+        pool?.setKey(key);
         const repo = new Repository(store, key, k.slice('keys/'.length), config, opts, pool);
         await repo.loadIndex({}, prefetched);
         return repo;
@@ -242,12 +247,12 @@ export class Repository implements BlobReader {
           (err instanceof TernError && err.code !== 'AUTH' && err.code !== 'INTEGRITY') ||
           (err instanceof IntegrityError && !/^keys\//.test(err.message));
         if (fatal) {
-          await pool.close();
+          await pool?.close();
           throw err;
         }
       }
     }
-    await pool.close();
+    await pool?.close();
     // A corrupted key file is reported as such when no other key opens, so it is not mistaken for a typo.
     throw integrityErr ?? lastErr;
   }

@@ -280,3 +280,26 @@ test('locks: prune is refused while a backup holds a lock; stale locks are clear
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a repository opened without starting its workers (metadata verbs) still loads and restores data: the pool starts on first use', async (t) => {
+  const dir = tmp();
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const store = new LocalStore(path.join(dir, 'repo'));
+  await (await Repository.init(store, 'pw', { kdf: FAST_KDF })).close();
+  const img = path.join(dir, 'img');
+  const data = crypto.randomBytes(3 * 1024 * 1024 + 5);
+  fs.writeFileSync(img, data);
+  let repo = await Repository.open(store, 'pw');
+  const s = await repo.startBackup();
+  const r = await backupImage(s, img);
+  await s.flush();
+  await s.close();
+  await repo.close();
+  repo = await Repository.open(store, 'pw', { startWorkers: false });
+  t.after(() => repo.close());
+  const map = await loadImageMap(repo, r.map);
+  assert.equal(map.chunks.length, 4);
+  const out = path.join(dir, 'out');
+  await restoreImage(repo, r.map, out);
+  assert.ok(fs.readFileSync(out).equals(data));
+});

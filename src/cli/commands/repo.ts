@@ -56,9 +56,14 @@ function location(o: Common): string {
   return r;
 }
 
-async function withRepo<T>(o: Common, fn: (repo: Repository) => Promise<T>): Promise<T> {
+/** `metadata`: the verb reads listings, keys or snapshots: crypto workers start only if it decrypts data. */
+async function withRepo<T>(
+  o: Common,
+  fn: (repo: Repository) => Promise<T>,
+  use: 'data' | 'metadata' = 'data',
+): Promise<T> {
   const store = await openStore(location(o));
-  const repo = await Repository.open(store, await passphrase(o));
+  const repo = await Repository.open(store, await passphrase(o), { startWorkers: use === 'data' });
   try {
     return await fn(repo);
   } finally {
@@ -181,7 +186,7 @@ export function registerRepo(program: Command): void {
   withCommon(program.command('snapshots').description('list snapshots'))
     .option('--tag <tag...>', 'only snapshots with these tags')
     .action(async (o: Common & { tag?: string[] }) => {
-      const snaps = await withRepo(o, (repo) => repo.listSnapshots());
+      const snaps = await withRepo(o, (repo) => repo.listSnapshots(), 'metadata');
       const sel = snaps.filter((s) => !o.tag || o.tag.every((t) => s.tags.includes(t)));
       if (o.json) printJson(sel);
       else
@@ -203,45 +208,49 @@ export function registerRepo(program: Command): void {
     .option('--path <path>', 'tree: list below this path')
     .option('-R, --recursive', 'tree: list recursively')
     .action(async (id: string, o: Common & { path?: string; recursive?: boolean }) => {
-      await withRepo(o, async (repo) => {
-        const s = await repo.resolveSnapshot(id);
-        if (s.root.kind === 'image') {
-          const map = await loadImageMap(repo, s.root.map);
-          const zero = map.chunks.filter((c) => c === null).length;
-          const info = {
-            snapshot: s.id,
-            kind: 'image',
-            size: map.size,
-            chunkSize: map.chunkSize,
-            chunks: map.chunks.length,
-            zeroChunks: zero,
-          };
-          if (o.json) printJson(info);
+      await withRepo(
+        o,
+        async (repo) => {
+          const s = await repo.resolveSnapshot(id);
+          if (s.root.kind === 'image') {
+            const map = await loadImageMap(repo, s.root.map);
+            const zero = map.chunks.filter((c) => c === null).length;
+            const info = {
+              snapshot: s.id,
+              kind: 'image',
+              size: map.size,
+              chunkSize: map.chunkSize,
+              chunks: map.chunks.length,
+              zeroChunks: zero,
+            };
+            if (o.json) printJson(info);
+            else
+              process.stdout.write(
+                `image ${s.paths.join(',')}: ${formatBytes(map.size)} (${map.size} bytes), ${map.chunks.length} chunks of ${formatBytes(map.chunkSize)}, ${zero} zero\n`,
+              );
+            return;
+          }
+          const rows: { path: string; node: TreeNode }[] = [];
+          for await (const e of listTree(repo, s.root.tree, { path: o.path, recursive: o.recursive ?? true }))
+            rows.push(e);
+          if (o.json)
+            printJson(
+              rows.map((r) => ({
+                path: r.path,
+                type: r.node.type,
+                mode: r.node.mode,
+                size: r.node.size,
+                mtimeMs: r.node.mtimeMs,
+              })),
+            );
           else
-            process.stdout.write(
-              `image ${s.paths.join(',')}: ${formatBytes(map.size)} (${map.size} bytes), ${map.chunks.length} chunks of ${formatBytes(map.chunkSize)}, ${zero} zero\n`,
-            );
-          return;
-        }
-        const rows: { path: string; node: TreeNode }[] = [];
-        for await (const e of listTree(repo, s.root.tree, { path: o.path, recursive: o.recursive ?? true }))
-          rows.push(e);
-        if (o.json)
-          printJson(
-            rows.map((r) => ({
-              path: r.path,
-              type: r.node.type,
-              mode: r.node.mode,
-              size: r.node.size,
-              mtimeMs: r.node.mtimeMs,
-            })),
-          );
-        else
-          for (const r of rows)
-            process.stdout.write(
-              `${modeString(r.node)} ${String(r.node.size ?? '').padStart(12)} ${new Date(r.node.mtimeMs).toISOString().slice(0, 19)} ${r.path}\n`,
-            );
-      });
+            for (const r of rows)
+              process.stdout.write(
+                `${modeString(r.node)} ${String(r.node.size ?? '').padStart(12)} ${new Date(r.node.mtimeMs).toISOString().slice(0, 19)} ${r.path}\n`,
+              );
+        },
+        'metadata',
+      );
     });
 
   // One verb, two forms: with --repo (or TERN_REPOSITORY) a repository snapshot, else a restore point (restore.ts).
@@ -370,16 +379,20 @@ export function registerRepo(program: Command): void {
         ].some((v) => v !== undefined);
         if (!hasPolicy && ids.length === 0)
           throw new InputError('give snapshot ids or at least one --keep-* option');
-        const r = await withRepo(o, async (repo) => {
-          let res: { keep: SnapshotManifest[]; remove: SnapshotManifest[] };
-          if (ids.length > 0) {
-            const remove = await Promise.all(ids.map((i) => repo.resolveSnapshot(i)));
-            if (!o.dryRun) for (const s of remove) await repo.store.delete(`snapshots/${s.id}`);
-            res = { keep: [], remove };
-          } else res = await forget(repo, policy, { dryRun: o.dryRun });
-          const pr = o.prune && !o.dryRun ? await prune(repo) : undefined;
-          return { ...res, prune: pr };
-        });
+        const r = await withRepo(
+          o,
+          async (repo) => {
+            let res: { keep: SnapshotManifest[]; remove: SnapshotManifest[] };
+            if (ids.length > 0) {
+              const remove = await Promise.all(ids.map((i) => repo.resolveSnapshot(i)));
+              if (!o.dryRun) for (const s of remove) await repo.store.delete(`snapshots/${s.id}`);
+              res = { keep: [], remove };
+            } else res = await forget(repo, policy, { dryRun: o.dryRun });
+            const pr = o.prune && !o.dryRun ? await prune(repo) : undefined;
+            return { ...res, prune: pr };
+          },
+          'metadata',
+        );
         if (o.json)
           printJson({
             keep: r.keep.map((s) => s.id),
@@ -408,7 +421,7 @@ export function registerRepo(program: Command): void {
     });
 
   withCommon(program.command('stats').description('repository statistics')).action(async (o: Common) => {
-    const r = await withRepo(o, (repo) => stats(repo));
+    const r = await withRepo(o, (repo) => stats(repo), 'metadata');
     if (o.json) printJson(r);
     else
       printTable(
@@ -430,7 +443,7 @@ export function registerRepo(program: Command): void {
 
   const key = program.command('key').description('manage passphrases (key files)');
   withCommon(key.command('list').description('list key files')).action(async (o: Common) => {
-    const keys = await withRepo(o, (repo) => repo.listKeys());
+    const keys = await withRepo(o, (repo) => repo.listKeys(), 'metadata');
     if (o.json) printJson(keys);
     else
       printTable(
@@ -444,14 +457,14 @@ export function registerRepo(program: Command): void {
     .option('--new-password-file <file>', 'file holding the new passphrase')
     .action(async (o: Common & { newPasswordFile?: string }) => {
       const np = await passphrase(o, 'TERN_NEW_PASSWORD', o.newPasswordFile);
-      const id = await withRepo(o, (repo) => repo.addKey(np));
+      const id = await withRepo(o, (repo) => repo.addKey(np), 'metadata');
       if (o.json) printJson({ id });
       else process.stdout.write(`added key ${short(id)}\n`);
     });
   withCommon(
     key.command('remove <id>').description('remove a key file (not the last one, not the one in use)'),
   ).action(async (id: string, o: Common) => {
-    const removed = await withRepo(o, (repo) => repo.removeKey(id));
+    const removed = await withRepo(o, (repo) => repo.removeKey(id), 'metadata');
     if (o.json) printJson({ removed });
     else process.stdout.write(`removed key ${short(removed)}\n`);
   });
