@@ -303,3 +303,28 @@ test('a repository opened without starting its workers (metadata verbs) still lo
   await restoreImage(repo, r.map, out);
   assert.ok(fs.readFileSync(out).equals(data));
 });
+
+test('an image backup whose writer fails mid-way rejects with that error, and no save in flight rejects unheard', async (t) => {
+  const dir = tmp();
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const img = path.join(dir, 'img');
+  fs.writeFileSync(img, crypto.randomBytes(6 * 65536));
+  const unhandled: unknown[] = [];
+  const onUnhandled = (e: unknown): void => void unhandled.push(e);
+  process.on('unhandledRejection', onUnhandled);
+  t.after(() => process.off('unhandledRejection', onUnhandled));
+  let n = 0;
+  // The first save is slow, the second fails at once: it rejects while the backup still reads ahead.
+  const writer = {
+    hasBlob: () => false,
+    saveBlob: async () => {
+      const i = ++n;
+      if (i === 1) await new Promise((r) => setTimeout(r, 100));
+      if (i >= 2) throw new Error(`disk full at save ${i}`);
+      return { id: 'a'.repeat(64), stored: true, storedBytes: 1 };
+    },
+  };
+  await assert.rejects(backupImage(writer, img, { chunkSize: 65536 }), /disk full at save 2/);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.deepEqual(unhandled, []);
+});

@@ -244,7 +244,11 @@ export async function backupImage(
     const saves: { p: Piece; s: Promise<{ id: string; storedBytes: number }> }[] = [];
     let next = 0;
     const fill = (): void => {
-      while (next < pieces.length && reads.length < READS_AHEAD) reads.push(read(pieces[next++]!));
+      while (next < pieces.length && reads.length < READS_AHEAD) {
+        const r = read(pieces[next++]!);
+        r.catch(() => undefined); // awaited in order later, as the saves
+        reads.push(r);
+      }
     };
     const place = (p: Piece, id: BlobId | null): void => {
       if (p.whole) chunks[p.chunk] = id;
@@ -262,32 +266,41 @@ export async function backupImage(
       place(s.p, r.id);
       res.bytesAdded += r.storedBytes;
     };
-    while (k < pieces.length) {
-      throwIfAborted(opts.signal);
-      const p = pieces[k++]!;
-      const buf = await reads.shift()!;
-      fill();
-      if (!chunksTouched.has(p.chunk)) {
-        chunksTouched.add(p.chunk);
-        res.chunksRead++;
+    try {
+      while (k < pieces.length) {
+        throwIfAborted(opts.signal);
+        const p = pieces[k++]!;
+        const buf = await reads.shift()!;
+        fill();
+        if (!chunksTouched.has(p.chunk)) {
+          chunksTouched.add(p.chunk);
+          res.chunksRead++;
+        }
+        res.bytesRead += buf.length;
+        if (isZero(buf, zero)) {
+          place(p, null);
+          if (p.whole) res.zeroChunks++;
+          spare = buf;
+        } else {
+          const save = writer.saveBlob('data', buf, { signal: opts.signal });
+          // Awaited in order later; until then a failure must not count as unhandled.
+          save.catch(() => undefined);
+          saves.push({ p, s: save });
+          if (saves.length > 8) await drainSave();
+        }
+        opts.onProgress?.({
+          phase: 'backup',
+          bytesRead: res.bytesRead,
+          bytesTotal,
+          bytesTransferred: res.bytesAdded,
+        });
       }
-      res.bytesRead += buf.length;
-      if (isZero(buf, zero)) {
-        place(p, null);
-        if (p.whole) res.zeroChunks++;
-        spare = buf;
-      } else {
-        saves.push({ p, s: writer.saveBlob('data', buf, { signal: opts.signal }) });
-        if (saves.length > 8) await drainSave();
-      }
-      opts.onProgress?.({
-        phase: 'backup',
-        bytesRead: res.bytesRead,
-        bytesTotal,
-        bytesTransferred: res.bytesAdded,
-      });
+      while (saves.length > 0) await drainSave();
+    } catch (err) {
+      // Reads and saves still in flight settle before the source is closed and the error goes up.
+      await Promise.allSettled([...reads, ...saves.map((s) => s.s)]);
+      throw err;
     }
-    while (saves.length > 0) await drainSave();
     for (const [i, list] of patches) {
       list.sort((a, b) => a.start - b.start);
       chunks[i] = overlay(chunkExtents(chunks[i] ?? null, chunkLen(i)), list);
