@@ -45,6 +45,8 @@ export interface BlobWriter {
 
 /** Largest file `saveFile` takes. */
 export const FILE_BLOB_MAX = 256 * 1024;
+/** Smaller all-zero stretches are stored as data: a hole is not worth it (tree backups, `saveFile`). */
+export const MIN_HOLE = 4096;
 
 /** What `saveFile` found: */
 export type FileSaved =

@@ -43,10 +43,9 @@ export type WorkerRequest =
       op: 'saveFiles';
       seq: number;
       type: number;
-      /** the files' paths joined with NUL, their expected sizes, the flags to open them with */
+      /** the files' paths joined with NUL; per file its expected size and the flags to open it with */
       paths: string;
-      sizes: Float64Array;
-      flags: number;
+      files: Float64Array;
       /** smaller all-zero files are saved as blobs; from this size on they are reported as zero */
       minZero: number;
       /** a recycled buffer for the sealed blobs (used when large enough) */

@@ -29,7 +29,7 @@ import type {
   SaveResult,
   SnapshotManifest,
 } from './api.ts';
-import { FILE_BLOB_MAX } from './api.ts';
+import { FILE_BLOB_MAX, MIN_HOLE } from './api.ts';
 import { BlobIndex, type BlobEntry } from './blob-index.ts';
 import {
   IdHasher,
@@ -763,13 +763,44 @@ const NO_BUF = Buffer.alloc(0);
 /** An item of a batch for the workers, with the promise waiting for its result. */
 type Waiting<T, R> = T & { resolve: (r: R) => void; reject: (e: unknown) => void };
 
+/**
+ * Items gathered for one worker message: handed to `send` once there are BATCH_BLOBS of them or BATCH_BYTES,
+ * else on the next turn of the event loop.
+ */
+class Batch<T, R> {
+  private items: Waiting<T, R>[] = [];
+  private bytes = 0;
+  private timer: NodeJS.Immediate | undefined;
+  private readonly send: (items: Waiting<T, R>[]) => void;
+
+  constructor(send: (items: Waiting<T, R>[]) => void) {
+    this.send = send;
+  }
+
+  add(item: T, bytes: number): Promise<R> {
+    return new Promise<R>((resolve, reject) => {
+      this.items.push({ ...item, resolve, reject });
+      this.bytes += bytes;
+      if (this.items.length >= BATCH_BLOBS || this.bytes >= BATCH_BYTES) this.flush();
+      else this.timer ??= setImmediate(() => this.flush());
+    });
+  }
+
+  private flush(): void {
+    if (this.timer) clearImmediate(this.timer);
+    this.timer = undefined;
+    const items = this.items;
+    if (items.length === 0) return;
+    this.items = [];
+    this.bytes = 0;
+    this.send(items);
+  }
+}
+
 /** A file of saveFile as the worker found it: sealed, or why not. */
 type FileRead =
   | { kind: 'sealed'; id: string; comp: number; size: number; sealed: Buffer }
   | Exclude<FileSaved, { kind: 'blob' }>;
-
-/** saveFile: smaller all-zero files are saved as data (as the tree backup stores them). */
-const FILE_MIN_HOLE = 4096;
 
 interface SmallSealed {
   id: string;
@@ -795,13 +826,13 @@ export class BackupSession implements BlobWriter {
   private readonly freeBlobBufs = new Map<number, ArrayBuffer[]>();
   private readonly freeSealed = new Map<number, ArrayBuffer[]>();
   private readonly batchBufs: ArrayBuffer[] = [];
-  private batch: Waiting<{ type: number; plain: Buffer }, SmallSealed>[] = [];
-  private batchBytes = 0;
-  private batchTimer: NodeJS.Immediate | undefined;
-  /** Small files waiting to go to a worker (saveFile). */
-  private fileBatch: Waiting<{ path: string; size: number; flags: number }, FileRead>[] = [];
-  private fileBatchBytes = 0;
-  private fileBatchTimer: NodeJS.Immediate | undefined;
+  /** Small blobs (saveBlob) and small files (saveFile) waiting to go to a worker. */
+  private readonly batch = new Batch<{ type: number; plain: Buffer }, SmallSealed>((items) =>
+    this.sendBatch(items),
+  );
+  private readonly fileBatch = new Batch<{ path: string; size: number; flags: number }, FileRead>((items) =>
+    this.sendFileBatch(items),
+  );
   private freeBlobBytes = 0;
   private readonly uploads = new Set<Promise<void>>();
   /** Uploads whose pack buffer the store may still read. */
@@ -885,7 +916,7 @@ export class BackupSession implements BlobWriter {
       const t = typeCode(type);
       if (len <= SMALL_BLOB) {
         // Small blobs travel to the workers in batches: one message and one copy per batch.
-        const r = await this.enqueueSmall(t, plaintext);
+        const r = await this.batch.add({ type: t, plain: plaintext }, len);
         return this.accept(r.id, t, r.comp, len, r.sealed);
       }
       let ab = ownArrayBuffer(plaintext);
@@ -942,12 +973,7 @@ export class BackupSession implements BlobWriter {
     await this.admit(opts.signal);
     this.workerBytes += expectedSize;
     try {
-      const r = await new Promise<FileRead>((resolve, reject) => {
-        this.fileBatch.push({ path, size: expectedSize, flags, resolve, reject });
-        this.fileBatchBytes += expectedSize;
-        if (this.fileBatch.length >= BATCH_BLOBS || this.fileBatchBytes >= BATCH_BYTES) this.sendFileBatch();
-        else this.fileBatchTimer ??= setImmediate(() => this.sendFileBatch());
-      });
+      const r = await this.fileBatch.add({ path, size: expectedSize, flags }, expectedSize);
       if (r.kind !== 'sealed') return r;
       return { kind: 'blob', size: r.size, ...this.accept(r.id, TYPE_DATA, r.comp, r.size, r.sealed) };
     } finally {
@@ -957,29 +983,18 @@ export class BackupSession implements BlobWriter {
   }
 
   /** One message to a worker for a batch of small files (saveFile): they are read and sealed there. */
-  private sendFileBatch(): void {
-    if (this.fileBatchTimer) clearImmediate(this.fileBatchTimer);
-    this.fileBatchTimer = undefined;
-    const items = this.fileBatch;
-    if (items.length === 0) return;
-    this.fileBatch = [];
-    this.fileBatchBytes = 0;
-    // One flags value per message: files opened otherwise (none today) go in batches of their own.
-    const flags = items[0]!.flags;
-    const rest = items.filter((it) => it.flags !== flags);
-    const mine = rest.length === 0 ? items : items.filter((it) => it.flags === flags);
-    const sizes = new Float64Array(mine.map((it) => it.size));
+  private sendFileBatch(items: Waiting<{ path: string; size: number; flags: number }, FileRead>[]): void {
+    const files = new Float64Array(items.flatMap((it) => [it.size, it.flags]));
     let need = 0;
-    for (const it of mine) need += it.size + 28;
+    for (const it of items) need += it.size + 28;
     const out = need <= BATCH_BUF ? (this.batchBufs.pop() ?? new ArrayBuffer(BATCH_BUF)) : undefined;
     const req = {
       op: 'saveFiles' as const,
       seq: 0,
       type: TYPE_DATA,
-      paths: mine.map((it) => it.path).join('\0'),
-      sizes,
-      flags,
-      minZero: FILE_MIN_HOLE,
+      paths: items.map((it) => it.path).join('\0'),
+      files,
+      minZero: MIN_HOLE,
       ...(out ? { out } : {}),
     };
     this.repo.pool.run(req, out ? [out] : []).then(
@@ -987,7 +1002,7 @@ export class BackupSession implements BlobWriter {
         const sealed = Buffer.from(r.sealed!);
         const meta = r.fileMeta!;
         let at = 0;
-        mine.forEach((it, i) => {
+        items.forEach((it, i) => {
           const [status, size, comp, length] = meta.subarray(FILE_META * i, FILE_META * i + FILE_META);
           if (status === SAVED_BLOB) {
             it.resolve({
@@ -1009,31 +1024,12 @@ export class BackupSession implements BlobWriter {
         });
       },
       (err: unknown) => {
-        for (const it of mine) it.reject(err);
+        for (const it of items) it.reject(err);
       },
     );
-    if (rest.length > 0) {
-      this.fileBatch = rest;
-      this.sendFileBatch();
-    }
   }
 
-  private enqueueSmall(type: number, plain: Buffer): Promise<SmallSealed> {
-    return new Promise<SmallSealed>((resolve, reject) => {
-      this.batch.push({ type, plain, resolve, reject });
-      this.batchBytes += plain.length;
-      if (this.batch.length >= BATCH_BLOBS || this.batchBytes >= BATCH_BYTES) this.sendBatch();
-      else if (!this.batchTimer) this.batchTimer = setImmediate(() => this.sendBatch());
-    });
-  }
-
-  private sendBatch(): void {
-    if (this.batchTimer) clearImmediate(this.batchTimer);
-    this.batchTimer = undefined;
-    const items = this.batch;
-    if (items.length === 0) return;
-    this.batch = [];
-    this.batchBytes = 0;
+  private sendBatch(items: Waiting<{ type: number; plain: Buffer }, SmallSealed>[]): void {
     let total = 0;
     for (const it of items) total += it.plain.length;
     // Batch buffers (plaintexts in, sealed blobs out) go round instead of being allocated per batch.

@@ -104,13 +104,14 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
   if (req.op === 'saveFiles') {
     // Small files of a tree backup, read here instead of on the main thread: one blob each.
     const paths = req.paths.split('\0');
-    const n = req.sizes.length;
+    const n = req.files.length / 2;
     const ids = new Uint8Array(32 * n);
     const meta = new Float64Array(FILE_META * n);
     const codes: (string | null)[] = [];
     let need = 0;
     let largest = 0;
-    for (const size of req.sizes) {
+    for (let i = 0; i < n; i++) {
+      const size = req.files[2 * i]!;
       need += size + NONCE_LEN + TAG_LEN;
       largest = Math.max(largest, size);
     }
@@ -120,11 +121,11 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
       fileIn = Buffer.allocUnsafeSlow(Math.max(largest + 1, 2 * fileIn.length));
     let pos = 0;
     for (let i = 0; i < n; i++) {
-      const expected = req.sizes[i]!;
+      const expected = req.files[2 * i]!;
       const m = meta.subarray(FILE_META * i, FILE_META * i + FILE_META);
       let got: number;
       try {
-        got = readWholeSync(paths[i]!, req.flags, fileIn.subarray(0, expected + 1));
+        got = readWholeSync(paths[i]!, req.files[2 * i + 1]!, fileIn.subarray(0, expected + 1));
       } catch (err) {
         m[0] = SAVED_ERROR;
         codes[i] = (err as NodeJS.ErrnoException).code ?? String(err);

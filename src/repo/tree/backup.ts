@@ -14,6 +14,7 @@ import { CancelledError, InputError, throwIfAborted } from '../../core/base.ts';
 import type { RunOptions } from '../../core/base.ts';
 import {
   FILE_BLOB_MAX,
+  MIN_HOLE,
   type BlobId,
   type BlobReader,
   type BlobWriter,
@@ -58,16 +59,15 @@ export interface TreeBackupResult {
 
 const READ_SIZE = 8 * 1024 * 1024;
 /**
- * Files up to this size are read with synchronous calls: on a local filesystem the syscalls take a few
- * microseconds while each asynchronous round trip through libuv's pool costs tens, which dominated backups of
- * many small files. Metadata (readdir, lstat, readlink) is read synchronously for the same reason.
+ * Files up to this size are one blob, read whole with synchronous calls: by the writer's crypto worker when
+ * it offers `saveFile`, else here. On a local filesystem the syscalls take a few microseconds while each
+ * asynchronous round trip through libuv's pool costs tens, which dominated backups of many small files.
+ * Metadata (readdir, lstat, readlink) is read synchronously for the same reason.
  */
-const SMALL_FILE = 256 * 1024;
+const SMALL_FILE = FILE_BLOB_MAX;
 /** Chunk saves in flight per file, and their bytes: the writer applies its own back-pressure as well. */
 const SAVES_IN_FLIGHT = 8;
 const SAVE_BYTES_IN_FLIGHT = 32 * 1024 * 1024;
-/** Smaller all-zero chunks are stored as data: a hole is not worth it. */
-const MIN_HOLE = 4096;
 /**
  * Zero runs of at least this many bytes (in 4 KiB blocks aligned to the file offset, like filesystem holes)
  * become holes of their own: the data chunk before one ends where the run begins.
@@ -480,7 +480,7 @@ class TreeBackup {
     const pause = this.breathe();
     if (pause) await pause;
     throwIfAborted(this.signal);
-    if (this.writer.saveFile && expectedSize <= FILE_BLOB_MAX) {
+    if (this.writer.saveFile) {
       // The writer reads the file where it seals it (a crypto worker): this thread only walks and stats.
       const r = await this.writer.saveFile(abs, expectedSize, this.openFlags, { signal: this.signal });
       switch (r.kind) {
