@@ -159,6 +159,51 @@ test(
   },
 );
 
+test(
+  'owners come back when new entries do not get the group of the target directory (no chown skipped wrongly)',
+  { skip: !isRoot && 'needs root to chown' },
+  async (t) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-repo-'));
+    t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const src = path.join(dir, 'src');
+    // Small files (written by the workers) and one of several chunks (written on the main thread), each
+    // recorded as root's, as the target's group, and as another owner's.
+    const big = randomBytes(3 * 1024 * 1024);
+    const owners: [string, number, number][] = [
+      ['root-owned', 0, 0],
+      ['target-group', 0, 4242],
+      ['other', 1234, 5678],
+    ];
+    for (const d of ['.', 'a', 'a/b']) {
+      fs.mkdirSync(path.join(src, d), { recursive: true });
+      for (const [name, uid, gid] of owners) {
+        for (const [suffix, data] of [
+          ['', 'x'],
+          ['-big', big],
+        ] as const) {
+          fs.writeFileSync(path.join(src, d, name + suffix), data);
+          fs.chownSync(path.join(src, d, name + suffix), uid, gid);
+        }
+      }
+    }
+    const { repo, tree } = await backedUp(dir, src);
+    t.after(() => repo.close());
+    // Not set-gid: entries made in it get root's group (0), not its own (4242); the directories the restore
+    // makes inside it get group 0 too.
+    const dst = path.join(dir, 'dst');
+    fs.mkdirSync(dst);
+    fs.chownSync(dst, 0, 4242);
+    fs.chmodSync(dst, 0o775);
+    await restoreTree(repo, tree, dst);
+    for (const d of ['.', 'a', 'a/b'])
+      for (const [name, uid, gid] of owners)
+        for (const suffix of ['', '-big']) {
+          const st = fs.statSync(path.join(dst, d, name + suffix));
+          assert.deepEqual([st.uid, st.gid], [uid, gid], `${d}/${name}${suffix}`);
+        }
+  },
+);
+
 test('temporary entries an interrupted restore left in the target are reported, not touched', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-repo-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
