@@ -114,6 +114,9 @@ function placeOf(abs: string, hidden: boolean): { path: string; renameTo?: strin
   return hidden ? { path: abs } : { path: path.join(path.dirname(abs), tempName()), renameTo: abs };
 }
 
+/** The set-gid bit of a mode (node:fs has no constant for it). */
+const S_ISGID = 0o2000;
+
 class TreeRestore {
   readonly result: TreeRestoreResult = { files: 0, bytes: 0, warnings: [] };
   private readonly reader: BlobReader;
@@ -171,10 +174,7 @@ class TreeRestore {
       // A new entry gets the target's group when the target is set-gid (or the filesystem is mounted with
       // grpid), else the process's: known only when the two agree or the set-gid bit decides.
       if (present.length === 0)
-        this.freshDirs.set(
-          abs,
-          (st.mode & fsSync.constants.S_ISGID) !== 0 || st.gid === this.egid ? st.gid : -1,
-        );
+        this.freshDirs.set(abs, (st.mode & S_ISGID) !== 0 || st.gid === this.egid ? st.gid : -1);
       // Temporary entries of an interrupted restore (killed: a failed one removes its own) are left alone,
       // since another restore into the same target may be running, but named so they can be removed.
       const stale = present.filter((n) => n.startsWith(TEMP_BASE));
