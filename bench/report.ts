@@ -21,6 +21,12 @@ export interface Row {
   peakRssBytes?: number;
   /** Growth of the repository on disk caused by a backup. */
   storedBytes?: number;
+  /**
+   * Restores: seconds until the restored data is on disk, i.e. the command plus a `sync -f` of the target's
+   * filesystem timed right after it. A tool that flushes before it exits (Tern's image restore) leaves that
+   * sync little to do; one that leaves its writes in the page cache (restic) pays for them here.
+   */
+  onDiskSeconds?: number;
   check: Check;
   note?: string;
   /** The restic row this one is compared with (defaults to the same scenario and operation). */
@@ -63,13 +69,26 @@ export function throughput(row: Row): number | undefined {
     : undefined;
 }
 
+/** The restic row a row is compared with. */
+function resticRow(row: Row, rows: Row[]): Row | undefined {
+  const base = row.baseline ?? { scenario: row.scenario, op: row.op };
+  return rows.find((r) => r.tool === 'restic' && r.scenario === base.scenario && r.op === base.op);
+}
+
 /** Tern (or kopia) throughput divided by restic's for the comparable operation. */
 export function ratioToRestic(row: Row, rows: Row[]): number | undefined {
-  const base = row.baseline ?? { scenario: row.scenario, op: row.op };
-  const restic = rows.find((r) => r.tool === 'restic' && r.scenario === base.scenario && r.op === base.op);
+  const restic = resticRow(row, rows);
   const mine = throughput(row);
   const theirs = restic ? throughput(restic) : undefined;
   return mine !== undefined && theirs !== undefined ? mine / theirs : undefined;
+}
+
+/** The same ratio for restores, until the restored data is on disk (restic's on-disk seconds ÷ this row's). */
+export function onDiskRatioToRestic(row: Row, rows: Row[]): number | undefined {
+  const restic = resticRow(row, rows);
+  const mine = row.check === 'ok' ? row.onDiskSeconds : undefined;
+  const theirs = restic?.check === 'ok' ? restic.onDiskSeconds : undefined;
+  return mine !== undefined && theirs !== undefined && mine > 0 ? theirs / mine : undefined;
 }
 
 const fmt = (n: number | undefined, digits: number) =>
@@ -77,12 +96,12 @@ const fmt = (n: number | undefined, digits: number) =>
 
 export function markdownTable(rows: Row[], sizeLabel: (scenario: string) => string): string {
   const head =
-    '| Scenario | Operation | Tool | Seconds | MB/s | × restic | Peak RSS MiB | Stored MiB | Check |';
-  const sep = '| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |';
+    '| Scenario | Operation | Tool | Seconds | MB/s | × restic | On disk s | × restic on disk | Peak RSS MiB | Stored MiB | Check |';
+  const sep = '| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |';
   const lines = rows.map((r) => {
     const check =
       r.check === 'ok' ? 'ok' : `**${r.check}**${r.note ? ` ${r.note.replaceAll('|', '/')}` : ''}`;
-    return `| ${SCENARIO_LABELS[r.scenario] ?? r.scenario} (${sizeLabel(r.scenario)}) | ${OP_LABELS[r.op] ?? r.op} | ${r.tool} | ${fmt(r.seconds, 2)} | ${fmt(throughput(r), 0)} | ${fmt(ratioToRestic(r, rows), 2)} | ${fmt(r.peakRssBytes !== undefined ? r.peakRssBytes / MiB : undefined, 0)} | ${fmt(r.storedBytes !== undefined ? r.storedBytes / MiB : undefined, 1)} | ${check} |`;
+    return `| ${SCENARIO_LABELS[r.scenario] ?? r.scenario} (${sizeLabel(r.scenario)}) | ${OP_LABELS[r.op] ?? r.op} | ${r.tool} | ${fmt(r.seconds, 2)} | ${fmt(throughput(r), 0)} | ${fmt(ratioToRestic(r, rows), 2)} | ${fmt(r.onDiskSeconds, 2)} | ${fmt(onDiskRatioToRestic(r, rows), 2)} | ${fmt(r.peakRssBytes !== undefined ? r.peakRssBytes / MiB : undefined, 0)} | ${fmt(r.storedBytes !== undefined ? r.storedBytes / MiB : undefined, 1)} | ${check} |`;
   });
   return [head, sep, ...lines].join('\n') + '\n';
 }
@@ -113,7 +132,13 @@ export function evaluateTargets(rows: Row[]): TargetResult[] {
     restores.every((v) => v !== undefined) && restores.length
       ? Math.min(...(restores as number[]))
       : undefined;
-  atLeast('every restore ≥ 2× restic (worst case)', worstRestore, 2);
+  atLeast('every restore ≥ 2× restic (worst case, as each command exits)', worstRestore, 2);
+  const onDisk = tern.filter((r) => r.op === 'restore').map((r) => onDiskRatioToRestic(r, rows));
+  atLeast(
+    'every restore ≥ 2× restic (worst case, until the restored data is on disk)',
+    onDisk.every((v) => v !== undefined) && onDisk.length ? Math.min(...(onDisk as number[])) : undefined,
+    2,
+  );
   atLeast(
     'incremental with changed ranges ≥ 10× restic incremental',
     ratio('overwrite', 'incremental-ranges'),

@@ -272,6 +272,8 @@ class Bench {
     await this.prepareRestore(repo);
     try {
       const res = await timed(tool.restore(repo, snapshot, target));
+      // Then what the tool left in the page cache written out (syncfs of the target's filesystem).
+      const flush = await timed({ cmd: 'sync', args: ['-f', target] });
       let check: Row['check'] = 'ok';
       let note: string | undefined;
       try {
@@ -289,12 +291,13 @@ class Bench {
         ...base,
         tool: tool.name,
         seconds: res.seconds,
+        onDiskSeconds: res.seconds + flush.seconds,
         peakRssBytes: res.peakRssBytes,
         check,
         ...(note ? { note } : {}),
       });
       log(
-        `${base.scenario} ${base.op} ${tool.name}: ${res.seconds.toFixed(2)} s, ${check}${note ? ' ' + note : ''}`,
+        `${base.scenario} ${base.op} ${tool.name}: ${res.seconds.toFixed(2)} s (on disk ${(res.seconds + flush.seconds).toFixed(2)} s), ${check}${note ? ' ' + note : ''}`,
       );
     } catch (err) {
       this.rows.push({ ...base, tool: tool.name, check: 'ERROR', note: message(err) });
@@ -450,10 +453,13 @@ export function mergeRuns(runs: Row[][], tools: Tool[]): Row[] {
     const all = runs
       .map((rs) => rs.find((r) => key(r) === key(row)))
       .filter((r): r is Row => r !== undefined);
-    const secs = all
-      .map((r) => r.seconds)
-      .filter((v): v is number => v !== undefined)
-      .sort((a, b) => a - b);
+    const median = (pick: (r: Row) => number | undefined): number | undefined => {
+      const v = all
+        .map(pick)
+        .filter((x): x is number => x !== undefined)
+        .sort((a, b) => a - b);
+      return v.length ? v[Math.floor((v.length - 1) / 2)] : undefined;
+    };
     const rss = all
       .map((r) => r.peakRssBytes)
       .filter((v): v is number => v !== undefined && Number.isFinite(v));
@@ -461,7 +467,10 @@ export function mergeRuns(runs: Row[][], tools: Tool[]): Row[] {
     const merged: Row = { ...row, check: worst.check };
     if (worst.note) merged.note = worst.note;
     else delete merged.note;
-    if (secs.length) merged.seconds = secs[Math.floor((secs.length - 1) / 2)]!;
+    const seconds = median((r) => r.seconds);
+    if (seconds !== undefined) merged.seconds = seconds;
+    const onDisk = median((r) => r.onDiskSeconds);
+    if (onDisk !== undefined) merged.onDiskSeconds = onDisk;
     if (rss.length) merged.peakRssBytes = Math.max(...rss);
     return merged;
   });
@@ -521,7 +530,7 @@ export async function runBench(cfg: BenchConfig): Promise<BenchResult> {
       ...(notes.length ? ['', ...notes.map((n) => `- Not run: ${n}`)] : []),
       '',
       markdownTable(rows, sizeLabel),
-      'MB/s = source bytes (10^6) / wall seconds of the whole command (incrementals: the full file size over the incremental time). × restic = throughput ÷ restic throughput for the same operation (ranges rows: ÷ restic incremental; restore of the ranges snapshot: ÷ restic restore of its incremental). Peak RSS = largest resident set of the process (GNU time). Stored = repository growth on disk. Check = restored data hashed and compared with the source.',
+      "MB/s = source bytes (10^6) / wall seconds of the whole command (incrementals: the full file size over the incremental time). × restic = throughput ÷ restic throughput for the same operation (ranges rows: ÷ restic incremental; restore of the ranges snapshot: ÷ restic restore of its incremental). On disk s (restores) = the command plus a `sync -f` of the target filesystem timed right after it: Tern's image restores write with O_DIRECT and fsync before they exit, its tree restores and restic's restores leave their writes in the page cache; × restic on disk = restic's on-disk seconds ÷ Tern's. Peak RSS = largest resident set of the process (GNU time). Stored = repository growth on disk. Check = restored data hashed and compared with the source.",
       '',
       'Targets (issue 3):',
       '',
