@@ -160,6 +160,22 @@ for (const t of targets) {
       };
       assert.ok(inc.summary.bytesAdded < MiB, `incremental added ${inc.summary.bytesAdded} bytes`);
 
+      // ls lists what the snapshot holds, symlinks with their targets, as text and as JSON.
+      const listed = await run(['ls', treeSnap.id]);
+      assert.match(listed, /^-rw.* 1000 .* data\/deep\/er\/small\.txt$/m);
+      assert.match(listed, /^lrwxrwxrwx .* link -> etc\/app\/config\.yaml$/m);
+      const entries = JSON.parse(await run(['ls', treeSnap.id, '--json'])) as {
+        path: string;
+        type: string;
+        size?: number;
+        linkTarget?: string;
+      }[];
+      const link = entries.find((e) => e.path === 'link');
+      assert.equal(link?.type, 'symlink');
+      assert.equal(link.linkTarget, 'etc/app/config.yaml');
+      assert.equal(entries.find((e) => e.path === 'data/blob.bin')?.size, 3 * MiB + 17);
+      assert.equal(entries.filter((e) => e.type === 'file').length, 54);
+
       const outTree = path.join(work, 'restored-tree');
       await run(['restore', treeSnap.id, outTree]);
       assert.deepEqual(snapshotTree(outTree), snapshotTree(src), 'restored tree differs');

@@ -241,12 +241,13 @@ export function registerRepo(program: Command): void {
                 mode: r.node.mode,
                 size: r.node.size,
                 mtimeMs: r.node.mtimeMs,
+                ...(r.node.linkTarget !== undefined ? { linkTarget: r.node.linkTarget } : {}),
               })),
             );
           else
             for (const r of rows)
               process.stdout.write(
-                `${modeString(r.node)} ${String(r.node.size ?? '').padStart(12)} ${new Date(r.node.mtimeMs).toISOString().slice(0, 19)} ${r.path}\n`,
+                `${modeString(r.node)} ${String(r.node.size ?? '').padStart(12)} ${new Date(r.node.mtimeMs).toISOString().slice(0, 19)} ${r.path}${r.node.type === 'symlink' ? ` -> ${r.node.linkTarget ?? ''}` : ''}\n`,
               );
         },
         'metadata',
