@@ -531,11 +531,12 @@ class TreeRestore {
   /** The job that writes a small file, after checking nothing is in the way. */
   private async smallJob(f: SmallEntry): Promise<FileJob> {
     if (!f.clear) await this.clearWay(f.abs, false);
+    const chown = this.needsChown(f.node, f.abs);
     return {
       ...placeOf(f.abs, f.hidden),
       mode: f.node.mode,
-      uid: this.needsChown(f.node, f.abs) ? f.node.uid : -1,
-      gid: this.needsChown(f.node, f.abs) ? f.node.gid : -1,
+      uid: chown ? f.node.uid : -1,
+      gid: chown ? f.node.gid : -1,
       time: timesOf(f.node),
       size: f.node.size ?? 0,
     };
