@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -20,6 +21,7 @@ import {
 } from '../../src/repo/index.ts';
 
 const FAST_KDF = { N: 1024, r: 8, p: 1 };
+const hasFallocate = spawnSync('fallocate', ['--version']).status === 0;
 
 function tmp(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'tern-repo-'));
@@ -126,9 +128,26 @@ test('image backup: zero chunks not stored, dedup, changed ranges read only thos
     assert.equal(r2.bytesRead, 4096, 'only the changed 4 KiB page is read');
     assert.ok(r2.bytesAdded > 4096 && r2.bytesAdded < 8192, `added ${r2.bytesAdded}`);
     const out = path.join(dir, 'out');
-    await restoreImage(repo, r2.map, out);
+    const restored = await restoreImage(repo, r2.map, out);
     assert.ok(fs.readFileSync(out).equals(fs.readFileSync(img)));
-    assert.ok(fs.statSync(out).blocks * 512 < data.length, 'restored file is sparse');
+    // Chunks 0, 3, 4, 5 and the 1000-byte tail hold data; 1 and 2 are zero and stay holes.
+    const dataBytes = 4 * 65536 + 1000;
+    assert.ok(fs.statSync(out).blocks * 512 <= dataBytes + 16384, 'restored file is sparse');
+    // Where the file takes O_DIRECT and util-linux fallocate is there, its data extents were allocated ahead
+    // (as two extents: the holes stay out of them); without fallocate, nothing is and nothing else changes.
+    if (restored.bytesDirect > 0 && hasFallocate) assert.equal(restored.bytesPreallocated, dataBytes);
+    const path0 = process.env.PATH;
+    process.env.PATH = '/nonexistent';
+    try {
+      const out2 = path.join(dir, 'out2');
+      const again = await restoreImage(repo, r2.map, out2);
+      assert.equal(again.bytesPreallocated, 0);
+      assert.ok(fs.readFileSync(out2).equals(fs.readFileSync(img)));
+      assert.ok(fs.statSync(out2).blocks * 512 <= dataBytes + 16384, 'restored file is sparse');
+      fs.rmSync(out2);
+    } finally {
+      process.env.PATH = path0;
+    }
     assert.deepEqual(
       fs.readdirSync(dir).filter((n) => n.includes('partial')),
       [],

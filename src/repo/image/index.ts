@@ -324,6 +324,8 @@ export interface ImageRestoreResult {
   /** write calls made (neighbouring chunks are merged into one) */
   writes: number;
   chunks: number;
+  /** bytes of the new file's data extents allocated ahead of the writes (0 where that is not done) */
+  bytesPreallocated: number;
 }
 
 function mapFsError(err: unknown, target: string): unknown {
@@ -349,6 +351,46 @@ async function openDirect(file: string): Promise<fs.promises.FileHandle | undefi
   } catch {
     return undefined;
   }
+}
+
+/** Data extents of a new image file allocated ahead (the largest first), and `fallocate` processes at once. */
+const PREALLOC_EXTENTS = 64;
+const PREALLOC_PROCS = 4;
+
+/**
+ * Allocates the data extents of a new image file ahead of the writes, in the background, with util-linux
+ * `fallocate --keep-size` (Node has no fallocate(2)); resolves with the bytes allocated, never rejects. ext4
+ * holds the inode lock exclusively through an O_DIRECT write that fills a hole, so the restore's writes went
+ * one at a time; into allocated (unwritten) blocks they run side by side (2 GiB compressible restore from a
+ * cold repository: 1.79-2.06 s -> 1.64-1.87 s, writes then bound by the device). Only an optimisation: the
+ * extents read as zeros until written, holes (zero chunks) stay holes, a write that lands before its extent
+ * is allocated is just slower, and a failure (no `fallocate`, a filesystem without it, no space: the write
+ * then reports it) changes nothing.
+ */
+async function preallocate(
+  file: string,
+  extents: { pos: number; length: number }[],
+  signal: AbortSignal | undefined,
+): Promise<number> {
+  const todo = [...extents].sort((a, b) => b.length - a.length).slice(0, PREALLOC_EXTENTS);
+  let allocated = 0;
+  let unavailable = false;
+  const run = async (): Promise<void> => {
+    for (let e = todo.shift(); e && !unavailable && !signal?.aborted; e = todo.shift()) {
+      try {
+        await promisify(execFile)(
+          'fallocate',
+          ['--keep-size', '--offset', String(e.pos), '--length', String(e.length), file],
+          { signal },
+        );
+        allocated += e.length;
+      } catch {
+        unavailable = true; // missing, unsupported or no space: the others would fail alike
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: PREALLOC_PROCS }, run));
+  return allocated;
 }
 
 /** Restore to a regular file (sparse, via a temp name renamed when complete) or onto an existing block device. */
@@ -385,7 +427,9 @@ export async function restoreImage(
     bytesDirect: 0,
     writes: 0,
     chunks: map.chunks.length,
+    bytesPreallocated: 0,
   };
+  let prealloc: Promise<number> | undefined;
   try {
     fh = await fsp.open(tmp, isDevice ? 'r+' : 'wx', 0o600);
     if (isDevice) {
@@ -401,6 +445,8 @@ export async function restoreImage(
     // Where each blob's bytes go: [from, length, file position]; whole chunks must match their length exactly.
     const targets = new Map<BlobId, { from: number; length: number; pos: number; whole: boolean }[]>();
     const zeros: { pos: number; length: number }[] = [];
+    /** Where data goes, neighbours merged (what `preallocate` allocates). */
+    const data: { pos: number; length: number }[] = [];
     for (let i = 0; i < map.chunks.length; i++) {
       const c = map.chunks[i] ?? null;
       const len = Math.min(map.chunkSize, map.size - i * map.chunkSize);
@@ -413,6 +459,9 @@ export async function restoreImage(
           let list = targets.get(b);
           if (!list) targets.set(b, (list = []));
           list.push({ from, length, pos, whole: typeof c === 'string' });
+          const last = data[data.length - 1];
+          if (last && last.pos + last.length === pos) last.length += length;
+          else data.push({ pos, length });
         }
         pos += length;
       }
@@ -421,6 +470,7 @@ export async function restoreImage(
           `chunk ${i} of image ${mapId}: extents cover ${pos - i * map.chunkSize} bytes, expected ${len}`,
         );
     }
+    if (d !== undefined && !isDevice && data.length > 0) prealloc = preallocate(tmp, data, opts.signal);
     // Buffered, one write at a time: parallel buffered writes to one file contend on its inode lock (the
     // kernel time of a 2 GiB restore more than doubled); with O_DIRECT two (the device takes both). Writes
     // queued meanwhile go out together: neighbours in the file as one pwritev of up to MERGE_BYTES (a run's
@@ -575,6 +625,7 @@ export async function restoreImage(
       throwIfAborted(opts.signal);
       await writeAll(zero.subarray(0, z.length), z.pos);
     }
+    res.bytesPreallocated = (await prealloc) ?? 0;
     await direct?.close();
     direct = undefined;
     await fh.sync();
@@ -583,6 +634,7 @@ export async function restoreImage(
     if (!isDevice) await fsp.rename(tmp, target);
     return res;
   } catch (err) {
+    await prealloc; // no fallocate left running on the file being removed
     await direct?.close().catch(() => undefined);
     await fh?.close().catch(() => undefined);
     if (!isDevice) await fsp.rm(tmp, { force: true }).catch(() => undefined);
