@@ -129,33 +129,53 @@ test('at any point of a restore, what shows under its final name is complete', a
   assert.ok(staged >= 1, `${staged} frozen restores showed a temporary directory`);
 });
 
+/**
+ * Backs up `files` (name, content, owner) in three directory levels, restores them as root into a new target
+ * owned by 0:4242 with `targetMode`, and checks that every file comes back with its owner.
+ */
+async function ownersComeBack(
+  t: { after: (fn: () => unknown) => void },
+  files: { name: string; data: string | Buffer; uid: number; gid: number }[],
+  targetMode: number,
+): Promise<void> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-repo-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const src = path.join(dir, 'src');
+  const levels = ['.', 'a', 'a/b'];
+  for (const d of levels) {
+    fs.mkdirSync(path.join(src, d), { recursive: true });
+    for (const f of files) {
+      fs.writeFileSync(path.join(src, d, f.name), f.data);
+      fs.chownSync(path.join(src, d, f.name), f.uid, f.gid);
+    }
+  }
+  const { repo, tree } = await backedUp(dir, src);
+  t.after(() => repo.close());
+  const dst = path.join(dir, 'dst');
+  fs.mkdirSync(dst);
+  fs.chownSync(dst, 0, 4242);
+  fs.chmodSync(dst, targetMode);
+  await restoreTree(repo, tree, dst);
+  for (const d of levels)
+    for (const f of files) {
+      const st = fs.statSync(path.join(dst, d, f.name));
+      assert.deepEqual([st.uid, st.gid], [f.uid, f.gid], `${d}/${f.name}`);
+    }
+}
+
 test(
   'owners come back whatever group the target directory passes on (set-gid target)',
   { skip: !isRoot && 'needs root to chown' },
   async (t) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-repo-'));
-    t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-    const src = path.join(dir, 'src');
-    for (const d of ['.', 'a', 'a/b']) {
-      fs.mkdirSync(path.join(src, d), { recursive: true });
-      fs.writeFileSync(path.join(src, d, 'root-owned'), 'r');
-      fs.writeFileSync(path.join(src, d, 'other'), 'o');
-      fs.chownSync(path.join(src, d, 'other'), 1234, 5678);
-    }
-    const { repo, tree } = await backedUp(dir, src);
-    t.after(() => repo.close());
     // New entries in a set-gid directory get its group (4242) unless the restore sets theirs.
-    const dst = path.join(dir, 'dst');
-    fs.mkdirSync(dst);
-    fs.chownSync(dst, 0, 4242);
-    fs.chmodSync(dst, 0o2775);
-    await restoreTree(repo, tree, dst);
-    for (const d of ['.', 'a', 'a/b']) {
-      const st = fs.statSync(path.join(dst, d, 'root-owned'));
-      assert.deepEqual([st.uid, st.gid], [0, 0], `${d}/root-owned`);
-      const o = fs.statSync(path.join(dst, d, 'other'));
-      assert.deepEqual([o.uid, o.gid], [1234, 5678], `${d}/other`);
-    }
+    await ownersComeBack(
+      t,
+      [
+        { name: 'root-owned', data: 'r', uid: 0, gid: 0 },
+        { name: 'other', data: 'o', uid: 1234, gid: 5678 },
+      ],
+      0o2775,
+    );
   },
 );
 
@@ -163,44 +183,18 @@ test(
   'owners come back when new entries do not get the group of the target directory (no chown skipped wrongly)',
   { skip: !isRoot && 'needs root to chown' },
   async (t) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-repo-'));
-    t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-    const src = path.join(dir, 'src');
-    // Small files (written by the workers) and one of several chunks (written on the main thread), each
-    // recorded as root's, as the target's group, and as another owner's.
+    // Not set-gid: entries made in it get root's group (0), not its own (4242); the directories the restore
+    // makes inside it get group 0 too. Small files (written by the workers) and files of several chunks
+    // (written on the main thread), each recorded as root's, as the target's group and as another owner's.
     const big = randomBytes(3 * 1024 * 1024);
-    const owners: [string, number, number][] = [
+    const files = [];
+    for (const [name, uid, gid] of [
       ['root-owned', 0, 0],
       ['target-group', 0, 4242],
       ['other', 1234, 5678],
-    ];
-    for (const d of ['.', 'a', 'a/b']) {
-      fs.mkdirSync(path.join(src, d), { recursive: true });
-      for (const [name, uid, gid] of owners) {
-        for (const [suffix, data] of [
-          ['', 'x'],
-          ['-big', big],
-        ] as const) {
-          fs.writeFileSync(path.join(src, d, name + suffix), data);
-          fs.chownSync(path.join(src, d, name + suffix), uid, gid);
-        }
-      }
-    }
-    const { repo, tree } = await backedUp(dir, src);
-    t.after(() => repo.close());
-    // Not set-gid: entries made in it get root's group (0), not its own (4242); the directories the restore
-    // makes inside it get group 0 too.
-    const dst = path.join(dir, 'dst');
-    fs.mkdirSync(dst);
-    fs.chownSync(dst, 0, 4242);
-    fs.chmodSync(dst, 0o775);
-    await restoreTree(repo, tree, dst);
-    for (const d of ['.', 'a', 'a/b'])
-      for (const [name, uid, gid] of owners)
-        for (const suffix of ['', '-big']) {
-          const st = fs.statSync(path.join(dst, d, name + suffix));
-          assert.deepEqual([st.uid, st.gid], [uid, gid], `${d}/${name}${suffix}`);
-        }
+    ] as const)
+      files.push({ name, data: 'x', uid, gid }, { name: `${name}-big`, data: big, uid, gid });
+    await ownersComeBack(t, files, 0o775);
   },
 );
 
