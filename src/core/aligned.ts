@@ -4,10 +4,10 @@
  * The crypto workers write decrypted (and decompressed) runs straight into slots of one shared memory, and a
  * restore writes them out from there; a backup assembles its packs in slots of another, which the local
  * store writes with O_DIRECT. The memory comes from `WebAssembly.Memory` (shared where workers write into
- * it, plain for packs): V8 maps it with mmap, so its base is page-aligned, which a `new ArrayBuffer`'s is not. Views at 4 KiB offsets of it can
- * therefore be written with O_DIRECT (see `directWritable`), which moves the bytes to the device without
- * copying them into the page cache (on this machine, 2 GiB: ~0.1 s of CPU and ~0.8 s instead of ~1 s of CPU
- * and a ~1 s fsync at the end).
+ * it, plain for packs): V8 maps it with mmap, so its base is page-aligned, which a `new ArrayBuffer`'s is
+ * not. Views at 4 KiB offsets of it can therefore be written with O_DIRECT (see `directWritable`), which
+ * moves the bytes to the device without copying them into the page cache (on this machine, 2 GiB: ~0.1 s
+ * of CPU and ~0.8 s instead of ~1 s of CPU and a ~1 s fsync at the end).
  */
 
 // The one WebAssembly API used here (the project's type libraries do not declare the WebAssembly global).
@@ -54,14 +54,9 @@ export class RunArena<B extends ArrayBufferLike = SharedArrayBuffer> {
   }
 }
 
-/** True when `buf` may be written with O_DIRECT: in an aligned arena, at an aligned offset and length. */
+/** True when `buf` may be written with O_DIRECT as it is: in an aligned arena, aligned offset and length. */
 export function directWritable(buf: Uint8Array): boolean {
-  return (
-    alignedBases.has(buf.buffer) &&
-    buf.byteOffset % DIRECT_ALIGN === 0 &&
-    buf.length % DIRECT_ALIGN === 0 &&
-    buf.length > 0
-  );
+  return directSpan(buf) === buf.length;
 }
 
 /**

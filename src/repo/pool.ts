@@ -105,9 +105,9 @@ export type WorkerResponse =
       meta?: Uint32Array;
       /** loadRun with files: per file job, in request order, null when written */
       failures?: (FileFailure | null)[];
-      /** saveFiles: per file, SAVED_* status and its size (FILE_META numbers in `meta`, ids as saveMany);
-       * the errno code of each file that failed */
+      /** saveFiles: FILE_META numbers per file (SAVED_* status, size found, compression, sealed length) */
       fileMeta?: Float64Array;
+      /** saveFiles: the errno code of each file whose status is SAVED_ERROR */
       codes?: (string | null)[];
     }
   | { seq: number; ok: false; error: string; integrity: boolean };

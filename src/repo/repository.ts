@@ -821,7 +821,10 @@ export class BackupSession implements BlobWriter {
   private readonly lock: RepoLock | undefined;
   private readonly pendingIds = new Set<string>();
   private pack: OpenPack = { buf: NO_BUF, blobs: [], size: 0 };
-  /** Recycled pack buffers (PACK_BUF bytes) taken when the pack arena had no free slot, and blob read buffers (by exact length). */
+  /**
+   * Recycled pack buffers (PACK_BUF bytes, used when the pack arena has no free slot) and blob read buffers
+   * (by exact length).
+   */
   private readonly packBufs: Buffer[] = [];
   private readonly freeBlobBufs = new Map<number, ArrayBuffer[]>();
   private readonly freeSealed = new Map<number, ArrayBuffer[]>();
