@@ -15,7 +15,7 @@ import {
   throwIfAborted,
   TernError,
 } from '../core/base.ts';
-import type { ObjectStore } from '../storage/index.ts';
+import type { ObjectStore, RangeReader } from '../storage/index.ts';
 import type {
   BlobId,
   BlobReader,
@@ -155,6 +155,75 @@ interface LoadRun {
   end: number;
   raw: number;
   blobs: { id: BlobId; e: BlobEntry }[];
+}
+
+/**
+ * The pack reads of one loadMany or writeFiles call, where the store can hold an object open
+ * (ObjectStore.openRanges): one reader per pack, opened at its first run and closed after its last, and a
+ * pack's runs read one after another, in order. The kernel then sees one sequential reader per pack and reads
+ * ahead (see LocalStore's RANGE_PIECE); with runs in flight across packs, a few packs are read side by side.
+ */
+class PackReads {
+  private readonly open = new Map<
+    number,
+    { reader: Promise<RangeReader>; last: Promise<unknown>; left: number }
+  >();
+  private readonly runsLeft = new Map<number, number>();
+  private closed = false;
+
+  private readonly openRanges: (key: string, opts?: RunOptions) => Promise<RangeReader>;
+
+  constructor(openRanges: (key: string, opts?: RunOptions) => Promise<RangeReader>, runs: LoadRun[]) {
+    this.openRanges = openRanges;
+    for (const r of runs) this.runsLeft.set(r.pack, (this.runsLeft.get(r.pack) ?? 0) + 1);
+  }
+
+  async read(run: LoadRun, what: string, buf: Buffer, opts: RunOptions): Promise<number> {
+    if (this.closed) {
+      // The call is unwinding (another run failed): a run still starting reads on its own.
+      const reader = await this.openRanges(what, opts);
+      try {
+        return await reader.readInto(run.start, buf, opts);
+      } finally {
+        await reader.close();
+      }
+    }
+    let p = this.open.get(run.pack);
+    if (!p) {
+      const reader = this.openRanges(what, opts);
+      reader.catch(() => undefined); // awaited below; a failed open fails each of the pack's runs
+      p = { reader, last: Promise.resolve(), left: this.runsLeft.get(run.pack) ?? 1 };
+      this.open.set(run.pack, p);
+    }
+    const entry = p;
+    const before = entry.last;
+    const mine = (async () => {
+      await before.catch(() => undefined);
+      return (await entry.reader).readInto(run.start, buf, opts);
+    })();
+    entry.last = mine;
+    try {
+      return await mine;
+    } finally {
+      if (--entry.left === 0 && this.open.get(run.pack) === entry) {
+        this.open.delete(run.pack);
+        await (await entry.reader.catch(() => undefined))?.close();
+      }
+    }
+  }
+
+  /** Closes the readers still open (after a failure), once their reads have settled. */
+  async close(): Promise<void> {
+    this.closed = true;
+    const open = [...this.open.values()];
+    this.open.clear();
+    await Promise.all(
+      open.map(async (e) => {
+        await e.last.catch(() => undefined);
+        await (await e.reader.catch(() => undefined))?.close();
+      }),
+    );
+  }
 }
 
 export class Repository implements BlobReader {
@@ -405,12 +474,18 @@ export class Repository implements BlobReader {
    * when every slot is taken, a recycled buffer is transferred as before. `release` frees the slot once the
    * worker has replied.
    */
-  private async readRun(run: LoadRun, what: string, opts: LoadOptions): Promise<RunRead> {
+  private async readRun(run: LoadRun, what: string, opts: LoadOptions, reads?: PackReads): Promise<RunRead> {
     const len = run.end - run.start;
-    const getRangeInto = this.store.getRangeInto?.bind(this.store);
+    const getRangeInto = reads
+      ? (key: string, offset: number, b: Buffer, o: RunOptions) => reads.read(run, key, b, o)
+      : this.store.getRangeInto?.bind(this.store);
     if (!getRangeInto || len > RUN_BUF)
       return {
-        buf: ownArrayBuffer(await this.readPackRange(what, run.start, len, opts)),
+        buf: ownArrayBuffer(
+          reads
+            ? await this.readFresh(run, what, len, reads, opts)
+            : await this.readPackRange(what, run.start, len, opts),
+        ),
         offset: 0,
         release: () => undefined,
       };
@@ -439,6 +514,36 @@ export class Repository implements BlobReader {
       });
     }
     return { buf, offset, release };
+  }
+
+  /** A run too large for the recycled buffers, read through `reads` into a buffer of its own. */
+  private async readFresh(
+    run: LoadRun,
+    what: string,
+    len: number,
+    reads: PackReads,
+    opts: RunOptions,
+  ): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(len);
+    let got: number;
+    try {
+      got = await reads.read(run, what, buf, opts);
+    } catch (err) {
+      if (err instanceof NotFoundError)
+        throw new IntegrityError(`${what}: pack is missing`, { cause: err, details: { object: what } });
+      throw err;
+    }
+    if (got !== len)
+      throw new IntegrityError(`${what}: truncated (blobs at ${run.start} need ${len} bytes, got ${got})`, {
+        details: { object: what },
+      });
+    return buf;
+  }
+
+  /** PackReads for one bulk read, where the store holds objects open for ranged reads. */
+  private packReads(runs: LoadRun[]): PackReads | undefined {
+    const open = this.store.openRanges?.bind(this.store);
+    return open ? new PackReads(open, runs) : undefined;
   }
 
   /**
@@ -493,48 +598,53 @@ export class Repository implements BlobReader {
     const inFlight = Math.max(1, Math.min(MAX_RUNS_IN_FLIGHT, opts.runsInFlight ?? RUNS_IN_FLIGHT));
     // Slots are committed memory only once used; the most recently returned slot is taken first.
     const arena = (this.runArena ??= new RunArena(MAX_RUNS_IN_FLIGHT, RUN_BUF));
-    await mapLimit(runs, inFlight, async (run) => {
-      throwIfAborted(opts.signal);
-      const what = packKey(this.index.packIds[run.pack]!);
-      const read = await this.readRun(run, what, opts);
-      // Where each plaintext goes: back to back, or, in an arena slot, blobs of 4 KiB or more each on a 4 KiB
-      // boundary, so an image restore can write them with O_DIRECT whatever came before them in the pack
-      // (a short tail chunk, say); back to back when that padding would not fit the slot.
-      const outAt = (aligned: boolean): { at: number[]; total: number } => {
-        const at: number[] = [];
-        let end = 0;
-        for (const { e } of run.blobs) {
-          if (aligned && e.rawLength >= DIRECT_ALIGN) end = Math.ceil(end / DIRECT_ALIGN) * DIRECT_ALIGN;
-          at.push(end);
-          end += e.rawLength;
-        }
-        return { at, total: end };
-      };
-      let layout = outAt(false);
-      // A free arena slot when the run fits one (concurrent loadMany calls may have taken them all).
-      const slot = layout.total <= RUN_BUF ? arena.take() : undefined;
-      if (slot !== undefined) {
-        const aligned = outAt(true);
-        if (aligned.total <= RUN_BUF) layout = aligned;
-      }
-      const { at, total } = layout;
-      const base = Repository.runRequest(run, at, read, what, verify);
-      try {
-        const r = await this.runInPool(
-          slot === undefined ? base : { ...base, shared: arena.buffer, sharedOffset: slot },
-          read,
-          what,
-        );
-        const plain = slot === undefined ? Buffer.from(r.plain!) : Buffer.from(arena.buffer, slot, total);
+    const reads = this.packReads(runs);
+    try {
+      await mapLimit(runs, inFlight, async (run) => {
         throwIfAborted(opts.signal);
-        await Promise.all(
-          run.blobs.map(({ id, e }, i) => onBlob(id, plain.subarray(at[i]!, at[i]! + e.rawLength))),
-        );
-      } finally {
-        // A slot goes back only when no worker can still be writing into it: after its reply (or its failure).
-        if (slot !== undefined) arena.give(slot);
-      }
-    });
+        const what = packKey(this.index.packIds[run.pack]!);
+        const read = await this.readRun(run, what, opts, reads);
+        // Where each plaintext goes: back to back, or, in an arena slot, blobs of 4 KiB or more each on a 4 KiB
+        // boundary, so an image restore can write them with O_DIRECT whatever came before them in the pack
+        // (a short tail chunk, say); back to back when that padding would not fit the slot.
+        const outAt = (aligned: boolean): { at: number[]; total: number } => {
+          const at: number[] = [];
+          let end = 0;
+          for (const { e } of run.blobs) {
+            if (aligned && e.rawLength >= DIRECT_ALIGN) end = Math.ceil(end / DIRECT_ALIGN) * DIRECT_ALIGN;
+            at.push(end);
+            end += e.rawLength;
+          }
+          return { at, total: end };
+        };
+        let layout = outAt(false);
+        // A free arena slot when the run fits one (concurrent loadMany calls may have taken them all).
+        const slot = layout.total <= RUN_BUF ? arena.take() : undefined;
+        if (slot !== undefined) {
+          const aligned = outAt(true);
+          if (aligned.total <= RUN_BUF) layout = aligned;
+        }
+        const { at, total } = layout;
+        const base = Repository.runRequest(run, at, read, what, verify);
+        try {
+          const r = await this.runInPool(
+            slot === undefined ? base : { ...base, shared: arena.buffer, sharedOffset: slot },
+            read,
+            what,
+          );
+          const plain = slot === undefined ? Buffer.from(r.plain!) : Buffer.from(arena.buffer, slot, total);
+          throwIfAborted(opts.signal);
+          await Promise.all(
+            run.blobs.map(({ id, e }, i) => onBlob(id, plain.subarray(at[i]!, at[i]! + e.rawLength))),
+          );
+        } finally {
+          // A slot goes back only when no worker can still be writing into it: after its reply (or its failure).
+          if (slot !== undefined) arena.give(slot);
+        }
+      });
+    } finally {
+      await reads?.close();
+    }
   }
 
   /**
@@ -551,31 +661,36 @@ export class Repository implements BlobReader {
     });
     const runs = this.planRuns(byId.keys());
     const inFlight = Math.max(1, Math.min(MAX_RUNS_IN_FLIGHT, opts.runsInFlight ?? RUNS_IN_FLIGHT));
-    await mapLimit(runs, inFlight, async (run) => {
-      throwIfAborted(opts.signal);
-      const what = packKey(this.index.packIds[run.pack]!);
-      const read = await this.readRun(run, what, opts);
-      const at: number[] = [];
-      let end = 0;
-      const jobs: { blob: number; job: FileJob }[] = [];
-      const order: number[] = [];
-      run.blobs.forEach(({ id, e }, i) => {
-        at.push(end);
-        end += e.rawLength;
-        for (const k of byId.get(id)!) {
-          jobs.push({ blob: i, job: files[k]!.job });
-          order.push(k);
-        }
+    const reads = this.packReads(runs);
+    try {
+      await mapLimit(runs, inFlight, async (run) => {
+        throwIfAborted(opts.signal);
+        const what = packKey(this.index.packIds[run.pack]!);
+        const read = await this.readRun(run, what, opts, reads);
+        const at: number[] = [];
+        let end = 0;
+        const jobs: { blob: number; job: FileJob }[] = [];
+        const order: number[] = [];
+        run.blobs.forEach(({ id, e }, i) => {
+          at.push(end);
+          end += e.rawLength;
+          for (const k of byId.get(id)!) {
+            jobs.push({ blob: i, job: files[k]!.job });
+            order.push(k);
+          }
+        });
+        const r = await this.runInPool(
+          { ...Repository.runRequest(run, at, read, what, opts.verify ?? false), files: packJobs(jobs) },
+          read,
+          what,
+        );
+        r.failures?.forEach((f, j) => {
+          if (f) failures[order[j]!] = f;
+        });
       });
-      const r = await this.runInPool(
-        { ...Repository.runRequest(run, at, read, what, opts.verify ?? false), files: packJobs(jobs) },
-        read,
-        what,
-      );
-      r.failures?.forEach((f, j) => {
-        if (f) failures[order[j]!] = f;
-      });
-    });
+    } finally {
+      await reads?.close();
+    }
     return failures;
   }
 

@@ -15,10 +15,17 @@ import {
   throwIfAborted,
 } from '../core/base.ts';
 import { directSpan } from '../core/aligned.ts';
-import type { ObjectInfo, ObjectStore, PutOptions } from './types.ts';
+import type { ObjectInfo, ObjectStore, PutOptions, RangeReader } from './types.ts';
 
 /** Ranges up to this size are read synchronously (getRange). */
 const SYNC_READ = 64 * 1024;
+/**
+ * openRanges reads in pieces of this size: one descriptor read in moderate pieces lets the kernel see a
+ * sequential reader and read ahead while the caller waits for the piece before. Reading a 2 GiB repository's
+ * packs as 4 MiB runs took 1.16-1.22 s with a descriptor and one read per run, 0.77 s through one descriptor
+ * per pack in 512 KiB pieces (256 KiB: 0.78-0.80 s, 1 MiB: 0.87-0.89 s; cold cache, 8 runs in flight).
+ */
+const RANGE_PIECE = 512 * 1024;
 
 const { O_WRONLY, O_CREAT, O_EXCL, O_DIRECT } = fsSync.constants;
 /** Flags for a new file written with O_DIRECT (undefined where the platform has no O_DIRECT). */
@@ -115,6 +122,39 @@ export class LocalStore implements ObjectStore {
     } finally {
       await fh?.close();
     }
+  }
+
+  async openRanges(key: string, opts?: RunOptions): Promise<RangeReader> {
+    throwIfAborted(opts?.signal);
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(this.pathOf(key), 'r');
+    } catch (err) {
+      throw mapFsError(err, key, this.location);
+    }
+    const location = this.location;
+    return {
+      async readInto(offset: number, buf: Buffer, o?: RunOptions): Promise<number> {
+        throwIfAborted(o?.signal);
+        let got = 0;
+        try {
+          while (got < buf.length) {
+            const { bytesRead } = await fh.read(
+              buf,
+              got,
+              Math.min(RANGE_PIECE, buf.length - got),
+              offset + got,
+            );
+            if (bytesRead === 0) break;
+            got += bytesRead;
+          }
+        } catch (err) {
+          throw mapFsError(err, key, location);
+        }
+        return got;
+      },
+      close: () => fh.close(),
+    };
   }
 
   async put(key: string, data: Buffer, opts?: PutOptions): Promise<void> {

@@ -18,6 +18,13 @@ export interface PutOptions extends RunOptions {
   onDataReleased?: () => void;
 }
 
+/** Ranges of one object read through one open handle (ObjectStore.openRanges); `close` when done. */
+export interface RangeReader {
+  /** `buf.length` bytes at `offset` into `buf`; resolves to the bytes read, fewer only at the end of the object. */
+  readInto(offset: number, buf: Buffer, opts?: RunOptions): Promise<number>;
+  close(): Promise<void>;
+}
+
 /**
  * The one small interface every object store implements (local filesystem, S3, Azure Blob).
  * Keys are '/'-separated relative paths; implementations map them under their own prefix.
@@ -34,6 +41,11 @@ export interface ObjectStore {
    * fewer only at the end of the object. Lets bulk readers reuse buffers (the local store implements it).
    */
   getRangeInto?(key: string, offset: number, buf: Buffer, opts?: RunOptions): Promise<number>;
+  /**
+   * Optional: one object opened for several ranged reads (`RangeReader`), for a reader that takes an object's
+   * ranges in order. Fails like `getRange` (NotFoundError for a missing key). The local store implements it.
+   */
+  openRanges?(key: string, opts?: RunOptions): Promise<RangeReader>;
   put(key: string, data: Buffer, opts?: PutOptions): Promise<void>;
   head(key: string, opts?: RunOptions): Promise<ObjectInfo | undefined>;
   /** All objects whose key starts with `prefix`, in no particular order. */

@@ -5,8 +5,8 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { AuthError, LockedError, ManualClock } from '../../src/core/index.ts';
-import { LocalStore } from '../../src/storage/index.ts';
+import { AuthError, IntegrityError, LockedError, ManualClock } from '../../src/core/index.ts';
+import { LocalStore, type ObjectStore, type RangeReader } from '../../src/storage/index.ts';
 import { BlobIndex } from '../../src/repo/blob-index.ts';
 import {
   applyRetention,
@@ -346,4 +346,93 @@ test('an image backup whose writer fails mid-way rejects with that error, and no
   await assert.rejects(backupImage(writer, img, { chunkSize: 65536 }), /disk full at save 2/);
   await new Promise((r) => setTimeout(r, 50));
   assert.deepEqual(unhandled, []);
+});
+
+test('loadMany reads each pack through one open reader: its runs in order, one at a time; every reader is closed, also after a truncated pack', async (t) => {
+  const dir = tmp();
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const local = new LocalStore(path.join(dir, 'repo'));
+  // The store as the repository sees it, with every ranged read and reader recorded.
+  const log = { opens: [] as string[], closes: 0, reads: new Map<number, number[]>(), busy: 0, overlap: 0 };
+  const store: ObjectStore = new Proxy(local, {
+    get(target, key, receiver) {
+      const v = Reflect.get(target, key, receiver) as unknown;
+      if (key !== 'openRanges') return typeof v === 'function' ? (v as () => unknown).bind(target) : v;
+      return async (k: string): Promise<RangeReader> => {
+        const r = await target.openRanges(k);
+        const n = log.opens.push(k) - 1;
+        log.reads.set(n, []);
+        let busy = false;
+        return {
+          readInto: async (offset, buf, o) => {
+            if (busy) log.overlap++;
+            busy = true;
+            log.reads.get(n)!.push(offset);
+            try {
+              return await r.readInto(offset, buf, o);
+            } finally {
+              busy = false;
+            }
+          },
+          close: async () => {
+            log.closes++;
+            await r.close();
+          },
+        };
+      };
+    },
+  });
+  await (await Repository.init(store, 'pw', { kdf: FAST_KDF })).close();
+  const repo = await Repository.open(store, 'pw');
+  t.after(() => repo.close());
+  // 40 blobs of 1 MiB (three packs), one of 10 MiB (a run larger than the recycled read buffers) and small
+  // ones in between.
+  const blobs = new Map<string, Buffer>();
+  const s = await repo.startBackup();
+  for (let i = 0; i < 40; i++)
+    for (const b of [
+      crypto.randomBytes(1024 * 1024),
+      crypto.randomBytes(100 + i),
+      ...(i === 20 ? [crypto.randomBytes(10 * 1024 * 1024)] : []),
+    ])
+      blobs.set((await s.saveBlob('data', Buffer.from(b))).id, b); // saveBlob may hand its buffer to a worker
+  await s.flush();
+  await s.close();
+  const packs = new Set([...blobs.keys()].map((id) => repo.index.get(Buffer.from(id, 'hex'))!.pack));
+  assert.ok(packs.size >= 3, `${packs.size} packs`);
+
+  const got = new Map<string, Buffer>();
+  await repo.loadMany(
+    [...blobs.keys()],
+    async (id, plain) => {
+      got.set(id, Buffer.from(plain));
+    },
+    { runsInFlight: 8 },
+  );
+  assert.equal(got.size, blobs.size);
+  for (const [id, b] of blobs) assert.ok(got.get(id)?.equals(b), `blob ${id} comes back`);
+  assert.equal(log.opens.length, packs.size, 'one reader per pack');
+  assert.equal(new Set(log.opens).size, packs.size);
+  assert.equal(log.closes, log.opens.length, 'every reader closed');
+  assert.equal(log.overlap, 0, 'one read at a time per reader');
+  for (const offsets of log.reads.values())
+    assert.deepEqual(
+      offsets,
+      [...offsets].sort((a, b) => a - b),
+      'a pack read front to back',
+    );
+
+  // A pack cut short: loadMany fails naming it, and leaves no reader open.
+  const victim = log.opens[1]!;
+  const file = path.join(dir, 'repo', ...victim.split('/'));
+  fs.truncateSync(file, Math.floor(fs.statSync(file).size / 2));
+  log.opens.length = 0;
+  log.closes = 0;
+  await assert.rejects(
+    repo.loadMany([...blobs.keys()], async () => undefined, { runsInFlight: 8 }),
+    (err: unknown) =>
+      err instanceof IntegrityError && err.message.includes(victim) && /truncated/.test(err.message),
+  );
+  assert.ok(log.opens.length >= 2);
+  assert.equal(log.closes, log.opens.length, 'every reader closed after the failure');
 });

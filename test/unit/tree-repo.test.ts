@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { IntegrityError } from '../../src/core/index.ts';
 import { restoreTree } from '../../src/repo/tree/index.ts';
-import type { ObjectStore } from '../../src/storage/index.ts';
+import type { ObjectStore, RangeReader } from '../../src/storage/index.ts';
 import { backedUp, buildFixture, describeTree, isRoot } from './tree-fixtures.ts';
 
 const TEMP = '.tern-restore-';
@@ -84,14 +84,25 @@ test('at any point of a restore, what shows under its final name is complete', a
       get(target, key, receiver) {
         const v = Reflect.get(target, key, receiver) as unknown;
         if (typeof v !== 'function') return v;
-        if (key !== 'getRange' && key !== 'getRangeInto') return (v as () => unknown).bind(target);
-        return async (...args: unknown[]) => {
+        const read = async <T>(go: () => Promise<T>): Promise<T> => {
           if (++reads > allow) {
             frozen();
             await gate;
           }
-          return (v as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+          return go();
         };
+        if (key === 'openRanges')
+          // Each ranged read through an open pack is a read like getRange's.
+          return async (...args: unknown[]) => {
+            const r = await (v as (...a: unknown[]) => Promise<RangeReader>).apply(target, args);
+            return {
+              ...r,
+              readInto: (...a: Parameters<RangeReader['readInto']>) => read(() => r.readInto(...a)),
+            };
+          };
+        if (key !== 'getRange' && key !== 'getRangeInto') return (v as () => unknown).bind(target);
+        return (...args: unknown[]) =>
+          read(() => (v as (...a: unknown[]) => Promise<unknown>).apply(target, args));
       },
     });
   const { repo, tree } = await backedUp(dir, src, gated);
