@@ -122,6 +122,25 @@ export async function evictFromCache(dir: string): Promise<void> {
   });
 }
 
+/**
+ * What the device alone takes to move an image restore's bytes from a cold repository: every file under `dir`
+ * (a repository's packs) read with `cat` while `bytes` of zeros are written to the new file `target` with
+ * O_DIRECT and fsynced (`dd`). No start-up, decryption or decompression: a floor no restore of that
+ * repository onto this filesystem can go below. `target` is removed afterwards.
+ */
+export async function deviceFloor(dir: string, target: string, bytes: number): Promise<number> {
+  await evictFromCache(dir);
+  const blocks = Math.ceil(bytes / (4 * 1024 * 1024));
+  const script =
+    'find "$1" -type f -print0 | xargs -0 cat > /dev/null & reader=$!; ' +
+    'dd if=/dev/zero of="$2" bs=4M count="$3" oflag=direct conv=fsync status=none && wait "$reader"';
+  try {
+    return (await timed({ cmd: 'bash', args: ['-c', script, 'floor', dir, target, String(blocks)] })).seconds;
+  } finally {
+    await rm(target, { force: true });
+  }
+}
+
 export async function hashFile(file: string): Promise<string> {
   const h = createHash('sha256');
   const fh = await open(file, 'r');

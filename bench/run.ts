@@ -20,6 +20,7 @@ import {
   type ByteRange,
 } from './data.ts';
 import {
+  deviceFloor,
   dropCaches,
   du,
   evictFromCache,
@@ -34,6 +35,7 @@ import type { Machine, Row } from './report.ts';
 import {
   describeMachine,
   evaluateTargets,
+  floorMarkdown,
   machineMarkdown,
   markdownTable,
   targetsMarkdown,
@@ -261,6 +263,7 @@ class Bench {
     base: Omit<Row, 'tool' | 'check'>,
     snapshot: string | undefined,
     verify: Verify,
+    opts: { floor?: boolean } = {},
   ): Promise<void> {
     if (snapshot === undefined) {
       this.rows.push({ ...base, tool: tool.name, check: 'ERROR', note: 'no snapshot (backup failed)' });
@@ -287,17 +290,23 @@ class Bench {
         check = 'FAIL';
         note = message(err);
       }
+      // For Tern's restore of a full image backup, also what the device alone takes for the same bytes.
+      const floor =
+        opts.floor && tool.name === 'tern' && check === 'ok'
+          ? await deviceFloor(path.join(repo, 'data'), `${target}-floor`, base.bytes)
+          : undefined;
       this.rows.push({
         ...base,
         tool: tool.name,
         seconds: res.seconds,
         onDiskSeconds: res.seconds + flush.seconds,
+        ...(floor !== undefined ? { floorSeconds: floor } : {}),
         peakRssBytes: res.peakRssBytes,
         check,
         ...(note ? { note } : {}),
       });
       log(
-        `${base.scenario} ${base.op} ${tool.name}: ${res.seconds.toFixed(2)} s (on disk ${(res.seconds + flush.seconds).toFixed(2)} s), ${check}${note ? ' ' + note : ''}`,
+        `${base.scenario} ${base.op} ${tool.name}: ${res.seconds.toFixed(2)} s (on disk ${(res.seconds + flush.seconds).toFixed(2)} s${floor !== undefined ? `, device alone ${floor.toFixed(2)} s` : ''}), ${check}${note ? ' ' + note : ''}`,
       );
     } catch (err) {
       this.rows.push({ ...base, tool: tool.name, check: 'ERROR', note: message(err) });
@@ -329,7 +338,9 @@ class Bench {
       await tool.init(repo);
       const id = await this.backup(tool, repo, { scenario: 'random', op: 'backup', bytes: size }, file);
       full.set(tool.name, id);
-      await this.restore(tool, repo, { scenario: 'random', op: 'restore', bytes: size }, id, v1);
+      await this.restore(tool, repo, { scenario: 'random', op: 'restore', bytes: size }, id, v1, {
+        floor: true,
+      });
     }
     // The ranges run gets its own copy of the repository as it was after the full backup, so that it does not
     // find the blobs the no-ranges incremental stored already.
@@ -398,7 +409,9 @@ class Bench {
       const repo = this.repo(tool, 'compressible');
       await tool.init(repo);
       const id = await this.backup(tool, repo, { scenario: 'compressible', op: 'backup', bytes: size }, file);
-      await this.restore(tool, repo, { scenario: 'compressible', op: 'restore', bytes: size }, id, v);
+      await this.restore(tool, repo, { scenario: 'compressible', op: 'restore', bytes: size }, id, v, {
+        floor: true,
+      });
       await rm(repo, { recursive: true, force: true });
     }
     await rm(file, { force: true });
@@ -471,6 +484,8 @@ export function mergeRuns(runs: Row[][], tools: Tool[]): Row[] {
     if (seconds !== undefined) merged.seconds = seconds;
     const onDisk = median((r) => r.onDiskSeconds);
     if (onDisk !== undefined) merged.onDiskSeconds = onDisk;
+    const floor = median((r) => r.floorSeconds);
+    if (floor !== undefined) merged.floorSeconds = floor;
     if (rss.length) merged.peakRssBytes = Math.max(...rss);
     return merged;
   });
@@ -531,6 +546,7 @@ export async function runBench(cfg: BenchConfig): Promise<BenchResult> {
       '',
       markdownTable(rows, sizeLabel),
       "MB/s = source bytes (10^6) / wall seconds of the whole command (incrementals: the full file size over the incremental time). × restic = throughput ÷ restic throughput for the same operation (ranges rows: ÷ restic incremental; restore of the ranges snapshot: ÷ restic restore of its incremental). On disk s (restores) = the command plus a `sync -f` of the target filesystem timed right after it: Tern's image restores write with O_DIRECT and fsync before they exit, its tree restores and restic's restores leave their writes in the page cache; × restic on disk = restic's on-disk seconds ÷ Tern's. Peak RSS = largest resident set of the process (GNU time). Stored = repository growth on disk. Check = restored data hashed and compared with the source.",
+      ...(floorMarkdown(rows) ? ['', floorMarkdown(rows)] : []),
       '',
       'Targets (issue 3):',
       '',
