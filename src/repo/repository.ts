@@ -498,20 +498,13 @@ export class Repository implements BlobReader {
       if (held) arena.give(offset);
       held = false;
     };
-    let got: number;
     try {
-      got = await getRangeInto(what, run.start, Buffer.from(buf, offset, len), opts);
+      await Repository.readChecked(what, run.start, len, () =>
+        getRangeInto(what, run.start, Buffer.from(buf, offset, len), opts),
+      );
     } catch (err) {
       release();
-      if (err instanceof NotFoundError)
-        throw new IntegrityError(`${what}: pack is missing`, { cause: err, details: { object: what } });
       throw err;
-    }
-    if (got !== len) {
-      release();
-      throw new IntegrityError(`${what}: truncated (blobs at ${run.start} need ${len} bytes, got ${got})`, {
-        details: { object: what },
-      });
     }
     return { buf, offset, release };
   }
@@ -525,19 +518,29 @@ export class Repository implements BlobReader {
     opts: RunOptions,
   ): Promise<Buffer> {
     const buf = Buffer.allocUnsafe(len);
+    await Repository.readChecked(what, run.start, len, () => reads.read(run, what, buf, opts));
+    return buf;
+  }
+
+  /** `len` bytes at `start` of pack `what` read by `read`: a missing pack or a short read is an IntegrityError. */
+  private static async readChecked(
+    what: string,
+    start: number,
+    len: number,
+    read: () => Promise<number>,
+  ): Promise<void> {
     let got: number;
     try {
-      got = await reads.read(run, what, buf, opts);
+      got = await read();
     } catch (err) {
       if (err instanceof NotFoundError)
         throw new IntegrityError(`${what}: pack is missing`, { cause: err, details: { object: what } });
       throw err;
     }
     if (got !== len)
-      throw new IntegrityError(`${what}: truncated (blobs at ${run.start} need ${len} bytes, got ${got})`, {
+      throw new IntegrityError(`${what}: truncated (blobs at ${start} need ${len} bytes, got ${got})`, {
         details: { object: what },
       });
-    return buf;
   }
 
   /** PackReads for one bulk read, where the store holds objects open for ranged reads. */
