@@ -597,53 +597,65 @@ export class Repository implements BlobReader {
     opts: LoadOptions = {},
   ): Promise<void> {
     const verify = opts.verify ?? false;
-    const runs = this.planRuns(ids);
-    const inFlight = Math.max(1, Math.min(MAX_RUNS_IN_FLIGHT, opts.runsInFlight ?? RUNS_IN_FLIGHT));
     // Slots are committed memory only once used; the most recently returned slot is taken first.
     const arena = (this.runArena ??= new RunArena(MAX_RUNS_IN_FLIGHT, RUN_BUF));
+    await this.eachRun(this.planRuns(ids), opts, async (run, what, read) => {
+      // Where each plaintext goes: back to back, or, in an arena slot, blobs of 4 KiB or more each on a 4 KiB
+      // boundary, so an image restore can write them with O_DIRECT whatever came before them in the pack
+      // (a short tail chunk, say); back to back when that padding would not fit the slot.
+      const outAt = (aligned: boolean): { at: number[]; total: number } => {
+        const at: number[] = [];
+        let end = 0;
+        for (const { e } of run.blobs) {
+          if (aligned && e.rawLength >= DIRECT_ALIGN) end = Math.ceil(end / DIRECT_ALIGN) * DIRECT_ALIGN;
+          at.push(end);
+          end += e.rawLength;
+        }
+        return { at, total: end };
+      };
+      let layout = outAt(false);
+      // A free arena slot when the run fits one (concurrent loadMany calls may have taken them all).
+      const slot = layout.total <= RUN_BUF ? arena.take() : undefined;
+      if (slot !== undefined) {
+        const aligned = outAt(true);
+        if (aligned.total <= RUN_BUF) layout = aligned;
+      }
+      const { at, total } = layout;
+      const base = Repository.runRequest(run, at, read, what, verify);
+      try {
+        const r = await this.runInPool(
+          slot === undefined ? base : { ...base, shared: arena.buffer, sharedOffset: slot },
+          read,
+          what,
+        );
+        const plain = slot === undefined ? Buffer.from(r.plain!) : Buffer.from(arena.buffer, slot, total);
+        throwIfAborted(opts.signal);
+        await Promise.all(
+          run.blobs.map(({ id, e }, i) => onBlob(id, plain.subarray(at[i]!, at[i]! + e.rawLength))),
+        );
+      } finally {
+        // A slot goes back only when no worker can still be writing into it: after its reply (or its failure).
+        if (slot !== undefined) arena.give(slot);
+      }
+    });
+  }
+
+  /**
+   * The runs of a bulk read, `opts.runsInFlight` at a time (default RUNS_IN_FLIGHT), each read (`readRun`,
+   * a pack's runs through one reader where the store allows) and then handed to `fn` with its sealed bytes.
+   */
+  private async eachRun(
+    runs: LoadRun[],
+    opts: LoadOptions,
+    fn: (run: LoadRun, what: string, read: RunRead) => Promise<void>,
+  ): Promise<void> {
+    const inFlight = Math.max(1, Math.min(MAX_RUNS_IN_FLIGHT, opts.runsInFlight ?? RUNS_IN_FLIGHT));
     const reads = this.packReads(runs);
     try {
       await mapLimit(runs, inFlight, async (run) => {
         throwIfAborted(opts.signal);
         const what = packKey(this.index.packIds[run.pack]!);
-        const read = await this.readRun(run, what, opts, reads);
-        // Where each plaintext goes: back to back, or, in an arena slot, blobs of 4 KiB or more each on a 4 KiB
-        // boundary, so an image restore can write them with O_DIRECT whatever came before them in the pack
-        // (a short tail chunk, say); back to back when that padding would not fit the slot.
-        const outAt = (aligned: boolean): { at: number[]; total: number } => {
-          const at: number[] = [];
-          let end = 0;
-          for (const { e } of run.blobs) {
-            if (aligned && e.rawLength >= DIRECT_ALIGN) end = Math.ceil(end / DIRECT_ALIGN) * DIRECT_ALIGN;
-            at.push(end);
-            end += e.rawLength;
-          }
-          return { at, total: end };
-        };
-        let layout = outAt(false);
-        // A free arena slot when the run fits one (concurrent loadMany calls may have taken them all).
-        const slot = layout.total <= RUN_BUF ? arena.take() : undefined;
-        if (slot !== undefined) {
-          const aligned = outAt(true);
-          if (aligned.total <= RUN_BUF) layout = aligned;
-        }
-        const { at, total } = layout;
-        const base = Repository.runRequest(run, at, read, what, verify);
-        try {
-          const r = await this.runInPool(
-            slot === undefined ? base : { ...base, shared: arena.buffer, sharedOffset: slot },
-            read,
-            what,
-          );
-          const plain = slot === undefined ? Buffer.from(r.plain!) : Buffer.from(arena.buffer, slot, total);
-          throwIfAborted(opts.signal);
-          await Promise.all(
-            run.blobs.map(({ id, e }, i) => onBlob(id, plain.subarray(at[i]!, at[i]! + e.rawLength))),
-          );
-        } finally {
-          // A slot goes back only when no worker can still be writing into it: after its reply (or its failure).
-          if (slot !== undefined) arena.give(slot);
-        }
+        await fn(run, what, await this.readRun(run, what, opts, reads));
       });
     } finally {
       await reads?.close();
@@ -662,38 +674,28 @@ export class Repository implements BlobReader {
       if (list) list.push(k);
       else byId.set(f.id, [k]);
     });
-    const runs = this.planRuns(byId.keys());
-    const inFlight = Math.max(1, Math.min(MAX_RUNS_IN_FLIGHT, opts.runsInFlight ?? RUNS_IN_FLIGHT));
-    const reads = this.packReads(runs);
-    try {
-      await mapLimit(runs, inFlight, async (run) => {
-        throwIfAborted(opts.signal);
-        const what = packKey(this.index.packIds[run.pack]!);
-        const read = await this.readRun(run, what, opts, reads);
-        const at: number[] = [];
-        let end = 0;
-        const jobs: { blob: number; job: FileJob }[] = [];
-        const order: number[] = [];
-        run.blobs.forEach(({ id, e }, i) => {
-          at.push(end);
-          end += e.rawLength;
-          for (const k of byId.get(id)!) {
-            jobs.push({ blob: i, job: files[k]!.job });
-            order.push(k);
-          }
-        });
-        const r = await this.runInPool(
-          { ...Repository.runRequest(run, at, read, what, opts.verify ?? false), files: packJobs(jobs) },
-          read,
-          what,
-        );
-        r.failures?.forEach((f, j) => {
-          if (f) failures[order[j]!] = f;
-        });
+    await this.eachRun(this.planRuns(byId.keys()), opts, async (run, what, read) => {
+      const at: number[] = [];
+      let end = 0;
+      const jobs: { blob: number; job: FileJob }[] = [];
+      const order: number[] = [];
+      run.blobs.forEach(({ id, e }, i) => {
+        at.push(end);
+        end += e.rawLength;
+        for (const k of byId.get(id)!) {
+          jobs.push({ blob: i, job: files[k]!.job });
+          order.push(k);
+        }
       });
-    } finally {
-      await reads?.close();
-    }
+      const r = await this.runInPool(
+        { ...Repository.runRequest(run, at, read, what, opts.verify ?? false), files: packJobs(jobs) },
+        read,
+        what,
+      );
+      r.failures?.forEach((f, j) => {
+        if (f) failures[order[j]!] = f;
+      });
+    });
     return failures;
   }
 
