@@ -1,5 +1,6 @@
 /** A small pool of worker threads for blob crypto; ArrayBuffers are transferred, never copied. */
 import { Worker } from 'node:worker_threads';
+import module from 'node:module';
 import os from 'node:os';
 import { IntegrityError, StorageError } from '../core/errors.ts';
 import type { FileFailure } from './api.ts';
@@ -140,7 +141,9 @@ export class CryptoPool {
    */
   constructor(key: MasterKey | undefined, size = Math.max(1, Math.min(4, os.availableParallelism()))) {
     for (let i = 0; i < size; i++) {
-      const worker = new Worker(new URL('./worker.ts', import.meta.url), {
+      const worker = new Worker(new URL('./worker-main.ts', import.meta.url), {
+        // The process's compile cache, for the worker's own modules (see worker-main.ts).
+        workerData: { compileCacheDir: module.getCompileCacheDir() },
         // A small young generation: the workers' short-lived output buffers are freed by frequent cheap
         // scavenges instead of piling up as external memory until a full GC (~100 MiB less peak RSS).
         resourceLimits: { maxYoungGenerationSizeMb: 4 },

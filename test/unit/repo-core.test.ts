@@ -436,3 +436,52 @@ test('loadMany reads each pack through one open reader: its runs in order, one a
   assert.ok(log.opens.length >= 2);
   assert.equal(log.closes, log.opens.length, 'every reader closed after the failure');
 });
+
+test("the crypto workers use the process's compile cache when it has one, and none when it has not", (t) => {
+  const dir = tmp();
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  // A child process that turns on the compile cache (or not), then starts a pool and has a worker answer.
+  const child = (cache: boolean, workers: boolean): string[] => {
+    const cacheDir = path.join(dir, `cache-${cache}-${workers}`);
+    fs.mkdirSync(cacheDir);
+    const script = `
+      import module from 'node:module';
+      import crypto from 'node:crypto';
+      ${cache ? `module.enableCompileCache(${JSON.stringify(cacheDir)});` : ''}
+      const { CryptoPool } = await import(${JSON.stringify(new URL('../../src/repo/pool.ts', import.meta.url).href)});
+      if (${workers}) {
+        const pool = new CryptoPool({ encKey: crypto.randomBytes(32), idKey: crypto.randomBytes(32) }, 2);
+        await pool.run({ op: 'save', seq: 0, type: 0, buf: new ArrayBuffer(100), length: 100, hashOnly: true }, []);
+        await pool.close();
+      }
+      module.flushCompileCache?.();
+    `;
+    const file = path.join(dir, `child-${cache}-${workers}.mjs`);
+    fs.writeFileSync(file, script);
+    const r = spawnSync(process.execPath, [file], {
+      encoding: 'utf8',
+      // Its own temporary directory: where a default compile cache would go (os.tmpdir()).
+      env: { ...process.env, NODE_COMPILE_CACHE: '', TMPDIR: cacheDir },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const found: string[] = [];
+    const walk = (d: string): void => {
+      if (!fs.existsSync(d)) return;
+      for (const e of fs.readdirSync(d, { withFileTypes: true }))
+        if (e.isDirectory()) walk(path.join(d, e.name));
+        else found.push(e.name);
+    };
+    walk(cacheDir);
+    return found;
+  };
+  const parentOnly = child(true, false);
+  const withWorkers = child(true, true);
+  // worker-main.ts, worker.ts and what only the workers import (files.ts, tree/zero.ts, crypto.ts code) are
+  // compiled in the workers: each adds its entries to the cache the parent named.
+  assert.ok(parentOnly.length > 0, 'the parent caches its own modules');
+  assert.ok(
+    withWorkers.length >= parentOnly.length + 6,
+    `workers add their modules: ${parentOnly.length} -> ${withWorkers.length} entries`,
+  );
+  assert.deepEqual(child(false, true), [], 'no cache when the process has none, not even in its tmpdir');
+});
