@@ -538,6 +538,7 @@ export async function runBench(cfg: BenchConfig): Promise<BenchResult> {
     const sizeLabel = (scenario: string) =>
       scenario === 'tree' ? `${cfg.files} files, ${formatBytes(treeBytes)}` : formatBytes(cfg.size);
     const targets = evaluateTargets(rows);
+    const floors = floorMarkdown(rows);
     const markdown = [
       `Taken ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC with \`${cfg.command}\`; local filesystem repositories.`,
       '',
@@ -546,7 +547,7 @@ export async function runBench(cfg: BenchConfig): Promise<BenchResult> {
       '',
       markdownTable(rows, sizeLabel),
       "MB/s = source bytes (10^6) / wall seconds of the whole command (incrementals: the full file size over the incremental time). × restic = throughput ÷ restic throughput for the same operation (ranges rows: ÷ restic incremental; restore of the ranges snapshot: ÷ restic restore of its incremental). On disk s (restores) = the command plus a `sync -f` of the target filesystem timed right after it: Tern's image restores write with O_DIRECT and fsync before they exit, its tree restores and restic's restores leave their writes in the page cache; × restic on disk = restic's on-disk seconds ÷ Tern's. Peak RSS = largest resident set of the process (GNU time). Stored = repository growth on disk. Check = restored data hashed and compared with the source.",
-      ...(floorMarkdown(rows) ? ['', floorMarkdown(rows)] : []),
+      ...(floors ? ['', floors] : []),
       '',
       'Targets (issue 3):',
       '',

@@ -469,17 +469,14 @@ export class Repository implements BlobReader {
 
   /**
    * Reads a run's sealed bytes for a worker: into a slot of a shared arena, which the worker reads in place,
-   * when the store reads into caller memory. Transferring a 6 MiB buffer to the worker and back per run made
+   * when the store reads into caller memory (`reads`, ObjectStore.openRanges). Transferring a 6 MiB buffer to the worker and back per run made
    * V8 count it as new external memory each time and run a major GC every few runs (24 in a 2 GiB restore);
    * when every slot is taken, a recycled buffer is transferred as before. `release` frees the slot once the
    * worker has replied.
    */
   private async readRun(run: LoadRun, what: string, opts: LoadOptions, reads?: PackReads): Promise<RunRead> {
     const len = run.end - run.start;
-    const getRangeInto = reads
-      ? (key: string, offset: number, b: Buffer, o: RunOptions) => reads.read(run, key, b, o)
-      : this.store.getRangeInto?.bind(this.store);
-    if (!getRangeInto || len > RUN_BUF)
+    if (!reads || len > RUN_BUF)
       return {
         buf: ownArrayBuffer(
           reads
@@ -500,7 +497,7 @@ export class Repository implements BlobReader {
     };
     try {
       await Repository.readChecked(what, run.start, len, () =>
-        getRangeInto(what, run.start, Buffer.from(buf, offset, len), opts),
+        reads.read(run, what, Buffer.from(buf, offset, len), opts),
       );
     } catch (err) {
       release();

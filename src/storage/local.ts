@@ -91,32 +91,8 @@ export class LocalStore implements ObjectStore {
     try {
       fh = await fs.open(this.pathOf(key), 'r');
       const buf = Buffer.allocUnsafe(length);
-      let got = 0;
-      while (got < length) {
-        const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
-      }
+      const got = await readAt(fh, buf, offset, length);
       return got === length ? buf : buf.subarray(0, got);
-    } catch (err) {
-      throw mapFsError(err, key, this.location);
-    } finally {
-      await fh?.close();
-    }
-  }
-
-  async getRangeInto(key: string, offset: number, buf: Buffer, opts?: RunOptions): Promise<number> {
-    throwIfAborted(opts?.signal);
-    let fh: fs.FileHandle | undefined;
-    try {
-      fh = await fs.open(this.pathOf(key), 'r');
-      let got = 0;
-      while (got < buf.length) {
-        const { bytesRead } = await fh.read(buf, got, buf.length - got, offset + got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
-      }
-      return got;
     } catch (err) {
       throw mapFsError(err, key, this.location);
     } finally {
@@ -136,22 +112,11 @@ export class LocalStore implements ObjectStore {
     return {
       async readInto(offset: number, buf: Buffer, o?: RunOptions): Promise<number> {
         throwIfAborted(o?.signal);
-        let got = 0;
         try {
-          while (got < buf.length) {
-            const { bytesRead } = await fh.read(
-              buf,
-              got,
-              Math.min(RANGE_PIECE, buf.length - got),
-              offset + got,
-            );
-            if (bytesRead === 0) break;
-            got += bytesRead;
-          }
+          return await readAt(fh, buf, offset, RANGE_PIECE);
         } catch (err) {
           throw mapFsError(err, key, location);
         }
-        return got;
       },
       close: () => fh.close(),
     };
@@ -283,6 +248,17 @@ export class LocalStore implements ObjectStore {
   stream(key: string) {
     return createReadStream(this.pathOf(key));
   }
+}
+
+/** `buf.length` bytes at `offset` of `fh` into `buf`, in reads of at most `piece`; fewer only at the end. */
+async function readAt(fh: fs.FileHandle, buf: Buffer, offset: number, piece: number): Promise<number> {
+  let got = 0;
+  while (got < buf.length) {
+    const { bytesRead } = await fh.read(buf, got, Math.min(piece, buf.length - got), offset + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return got;
 }
 
 function mapFsError(err: unknown, key: string, location: string): Error {

@@ -37,13 +37,9 @@ export interface ObjectStore {
   get(key: string, opts?: RunOptions): Promise<Buffer>;
   getRange(key: string, offset: number, length: number, opts?: RunOptions): Promise<Buffer>;
   /**
-   * Optional: `getRange` into the caller's buffer (`buf.length` bytes at `offset`); resolves to the bytes read,
-   * fewer only at the end of the object. Lets bulk readers reuse buffers (the local store implements it).
-   */
-  getRangeInto?(key: string, offset: number, buf: Buffer, opts?: RunOptions): Promise<number>;
-  /**
-   * Optional: one object opened for several ranged reads (`RangeReader`), for a reader that takes an object's
-   * ranges in order. Fails like `getRange` (NotFoundError for a missing key). The local store implements it.
+   * Optional: one object opened for several ranged reads into the caller's buffers (`RangeReader`), for a
+   * reader that takes an object's ranges in order and reuses its buffers. Fails like `getRange` (NotFoundError
+   * for a missing key). The local store implements it.
    */
   openRanges?(key: string, opts?: RunOptions): Promise<RangeReader>;
   put(key: string, data: Buffer, opts?: PutOptions): Promise<void>;

@@ -100,7 +100,7 @@ test('at any point of a restore, what shows under its final name is complete', a
               readInto: (...a: Parameters<RangeReader['readInto']>) => read(() => r.readInto(...a)),
             };
           };
-        if (key !== 'getRange' && key !== 'getRangeInto') return (v as () => unknown).bind(target);
+        if (key !== 'getRange') return (v as () => unknown).bind(target);
         return (...args: unknown[]) =>
           read(() => (v as (...a: unknown[]) => Promise<unknown>).apply(target, args));
       },
