@@ -23,7 +23,7 @@ export interface Row {
   storedBytes?: number;
   /**
    * Restores: seconds until the restored data is on disk, i.e. the command plus a `sync -f` of the target's
-   * filesystem timed right after it. A tool that flushes before it exits (Tern's image restore) leaves that
+   * filesystem timed right after it. A tool that flushes before it exits (Tern's restores) leaves that
    * sync little to do; one that leaves its writes in the page cache (restic) pays for them here.
    */
   onDiskSeconds?: number;
@@ -132,9 +132,10 @@ export interface TargetResult {
  * A restore row's seconds beside restic's and, where measured, the device's own time for its bytes: with the
  * floor, how far the restore is from what the device allows (and 2× restic from it) can be read off.
  */
-function restoreDetail(row: Row, rows: Row[]): string {
+function restoreDetail(row: Row, rows: Row[], onDisk = false): string {
   const restic = resticRow(row, rows);
-  const parts = [`${row.scenario}: Tern ${fmt(row.seconds, 2)} s, restic ${fmt(restic?.seconds, 2)} s`];
+  const secs = (r: Row | undefined) => (onDisk ? r?.onDiskSeconds : r?.seconds);
+  const parts = [`${row.scenario}: Tern ${fmt(secs(row), 2)} s, restic ${fmt(secs(restic), 2)} s`];
   if (row.floorSeconds !== undefined) parts.push(`the device alone ${fmt(row.floorSeconds, 2)} s`);
   return parts.join('; ');
 }
@@ -164,11 +165,12 @@ export function evaluateTargets(rows: Row[]): TargetResult[] {
   if (worstRow && worstRestore !== undefined)
     out[out.length - 1]!.value += ` (${restoreDetail(worstRow, rows)})`;
   const onDisk = tern.filter((r) => r.op === 'restore').map((r) => onDiskRatioToRestic(r, rows));
-  atLeast(
-    'every restore ≥ 2× restic (worst case, until the restored data is on disk)',
-    onDisk.every((v) => v !== undefined) && onDisk.length ? Math.min(...(onDisk as number[])) : undefined,
-    2,
-  );
+  const worstOnDisk =
+    onDisk.every((v) => v !== undefined) && onDisk.length ? Math.min(...(onDisk as number[])) : undefined;
+  atLeast('every restore ≥ 2× restic (worst case, until the restored data is on disk)', worstOnDisk, 2);
+  const worstOnDiskRow = tern.find((r) => r.op === 'restore' && onDiskRatioToRestic(r, rows) === worstOnDisk);
+  if (worstOnDiskRow && worstOnDisk !== undefined)
+    out[out.length - 1]!.value += ` (${restoreDetail(worstOnDiskRow, rows, true)})`;
   atLeast(
     'incremental with changed ranges ≥ 10× restic incremental',
     ratio('overwrite', 'incremental-ranges'),

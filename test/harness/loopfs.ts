@@ -1,5 +1,5 @@
 /**
- * Real btrfs / XFS filesystems on loop devices for tests (root only). Each call creates a sparse backing
+ * Real btrfs / XFS / ext4 filesystems on loop devices for tests (root only). Each call creates a sparse backing
  * file, attaches it with losetup, formats and mounts it in a temp dir. Cleanup unmounts and detaches,
  * also at process exit when a test failed before its own cleanup ran.
  */
@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-export type LoopFsType = 'btrfs' | 'xfs';
+export type LoopFsType = 'btrfs' | 'xfs' | 'ext4';
 
 export interface LoopFs {
   type: LoopFsType;
@@ -37,7 +37,7 @@ function hasTool(name: string): boolean {
 export function loopFsUnavailable(type: LoopFsType): string | null {
   if (process.platform !== 'linux') return 'loop filesystems need Linux';
   if (process.getuid?.() !== 0) return 'loop filesystems need root (losetup, mount)';
-  const mkfs = type === 'btrfs' ? 'mkfs.btrfs' : 'mkfs.xfs';
+  const mkfs = `mkfs.${type}`;
   for (const t of ['losetup', 'mount', 'umount', mkfs]) if (!hasTool(t)) return `${t} is not installed`;
   return null;
 }
@@ -60,6 +60,7 @@ export function createLoopFs(type: LoopFsType, sizeBytes = 512 << 20): LoopFs | 
   try {
     device = sh('losetup', ['-f', '--show', image]).trim();
     if (type === 'btrfs') sh('mkfs.btrfs', ['-q', '-f', device]);
+    else if (type === 'ext4') sh('mkfs.ext4', ['-q', '-F', device]);
     else sh('mkfs.xfs', ['-q', '-f', '-m', 'reflink=1', device]);
     sh('mount', [device, mountpoint]);
     mounted = true;

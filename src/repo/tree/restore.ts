@@ -24,6 +24,7 @@ import type { BlobFile, BlobId, BlobReader, FileFailure, FileJob, TreeBlob, Tree
 import { dataRuns, tryWriteFileJob } from '../files.ts';
 import { decodeTree } from './codec.ts';
 import { errnoOf, fsError } from './fserrors.ts';
+import { BackgroundFlush } from './flush.ts';
 import { Semaphore } from './limit.ts';
 
 const execFileAsync = promisify(execFile);
@@ -35,6 +36,11 @@ export interface TreeRestoreOptions extends RunOptions {
   overwrite?: boolean;
   /** Files written at once; default 16. */
   fileConcurrency?: number;
+  /**
+   * Flush the target's filesystem while restoring and before returning (flush.ts), so that the restored tree is
+   * on disk when the restore returns; default true.
+   */
+  flush?: boolean;
 }
 
 export interface TreeRestoreResult {
@@ -187,6 +193,8 @@ class TreeRestore {
     } catch (err) {
       throw fsError(err, `creating restore target ${abs}`);
     }
+    const flush = this.opts.flush === false ? undefined : new BackgroundFlush(abs);
+    flush?.start();
     try {
       const root = await this.loadTree(tree);
       await this.restoreDir(root, abs, '', 'ancestor', root.self, true);
@@ -205,8 +213,14 @@ class TreeRestore {
           this.staged.delete(d.abs);
         }
       }
+      await flush?.finish();
+      if (flush?.unavailable)
+        this.result.warnings.push(
+          'sync(1) not found: the restored files were not flushed to disk (the kernel writes them back later)',
+        );
     } catch (err) {
       this.fail(err);
+      await flush?.stop();
       // Batches still in flight write into the temporary directories: let them end before removing those.
       await Promise.allSettled([...this.smallBatches]);
       for (const dir of this.staged)
