@@ -6,7 +6,7 @@
  * sync_file_range(2), so coreutils' `sync -f DIR` (syncfs of DIR's filesystem) does it. Below the kernel's
  * dirty thresholds (10% of memory by default) writeback of a restore's files would only start 30 s after they
  * were written, i.e. at the final sync: a sync every quarter second starts it while the restore still
- * computes (100k-file tree, fresh ext4, alternating, 3 each: on disk 4.90-5.06 s -> 4.50-4.67 s).
+ * computes (100k-file tree, fresh ext4, alternating, 3 each: on disk 4.42-4.72 s -> 4.12-4.42 s).
  *
  * The syncs run from one small shell started with the restore: a spawn from Node forks the whole process,
  * ~20 ms of the main thread at a restore's ~400 MiB resident, while the shell stays small. It syncs every
