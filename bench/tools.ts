@@ -68,7 +68,8 @@ export class TernTool implements Tool {
 
   constructor(projectRoot: string) {
     this.node = process.execPath;
-    this.main = path.join(projectRoot, 'src', 'cli', 'main.ts');
+    // The installed command's entry (what `npx tern` runs), not cli/main.ts: see bin/tern.js.
+    this.main = path.join(projectRoot, 'bin', 'tern.js');
     this.env = { TERN_PASSWORD: PASSWORD };
   }
 

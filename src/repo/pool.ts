@@ -141,8 +141,8 @@ export class CryptoPool {
    */
   constructor(key: MasterKey | undefined, size = Math.max(1, Math.min(4, os.availableParallelism()))) {
     for (let i = 0; i < size; i++) {
-      const worker = new Worker(new URL('./worker-main.ts', import.meta.url), {
-        // The process's compile cache, for the worker's own modules (see worker-main.ts).
+      const worker = new Worker(new URL('./worker-main.js', import.meta.url), {
+        // The process's compile cache, for the worker's own modules (see worker-main.js).
         workerData: { compileCacheDir: module.getCompileCacheDir() },
         // A small young generation: the workers' short-lived output buffers are freed by frequent cheap
         // scavenges instead of piling up as external memory until a full GC (~100 MiB less peak RSS).

@@ -476,9 +476,9 @@ test("the crypto workers use the process's compile cache when it has one, and no
   };
   const parentOnly = child(true, false);
   const withWorkers = child(true, true);
-  // The parent alone compiles pool.ts and errors.ts (4 entries: type-stripped and compiled each). worker-main.ts,
-  // worker.ts and the modules only the workers load (crypto.ts, files.ts, ...) are compiled in the workers:
-  // with the cache passed on they add their entries (16 in all when written), without it none.
+  // The parent alone compiles pool.ts and errors.ts (4 entries: type-stripped and compiled each). worker.ts
+  // and the modules only the workers load (crypto.ts, files.ts, ...) are compiled in the workers (after their
+  // entry, worker-main.js, turned the cache on): with the cache passed on they add their entries, without it none.
   assert.ok(parentOnly.length > 0, 'the parent caches its own modules');
   assert.ok(
     withWorkers.length >= parentOnly.length + 6,
