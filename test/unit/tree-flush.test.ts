@@ -58,7 +58,7 @@ test('a sync that fails makes finish throw a StorageError naming the directory',
   });
 });
 
-test('without sync(1) a tree restore completes, with a warning that nothing was flushed', async () => {
+test('a tree restore reports its final sync as a phase; without sync(1) it completes, with a warning that nothing was flushed', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-flush-'));
   const src = path.join(dir, 'src');
   fs.mkdirSync(src);
@@ -66,8 +66,13 @@ test('without sync(1) a tree restore completes, with a warning that nothing was 
   const { repo, tree } = await backedUp(dir, src);
   const saved = process.env.PATH;
   try {
-    const ok = await restoreTree(repo, tree, path.join(dir, 'with-sync'));
+    const phases: string[] = [];
+    const ok = await restoreTree(repo, tree, path.join(dir, 'with-sync'), {
+      onProgress: (p) => phases.push(p.phase),
+    });
     assert.deepEqual(ok.warnings, []);
+    // The final sync is reported as its own phase, then the restore's last report.
+    assert.deepEqual(phases.slice(-2), ['flush', 'restore']);
     process.env.PATH = path.join(dir, 'no-such-bin');
     const r = await restoreTree(repo, tree, path.join(dir, 'without-sync'));
     assert.equal(fs.readFileSync(path.join(dir, 'without-sync', 'a.txt'), 'utf8'), 'hello\n');

@@ -151,6 +151,7 @@ class TreeRestore {
   private readonly isRoot = process.getuid?.() === 0;
   private bytesRead = 0;
   private lastProgress = 0;
+  private phase: 'restore' | 'flush' = 'restore';
   /**
    * Directories this restore created (or found empty): nothing can be in the way inside them. The value is the
    * group a new entry made in one gets (-1: not known); an entry made with the owner the tree records needs no
@@ -213,7 +214,13 @@ class TreeRestore {
           this.staged.delete(d.abs);
         }
       }
-      await flush?.finish();
+      if (flush) {
+        // The last sync waits for what is still being written back: shown as its own phase.
+        this.phase = 'flush';
+        this.report(true);
+        await flush.finish();
+        this.phase = 'restore';
+      }
       if (flush?.unavailable)
         this.result.warnings.push(
           'sync(1) not found: the restored files were not flushed to disk (the kernel writes them back later)',
@@ -246,7 +253,7 @@ class TreeRestore {
     if (!force && now - this.lastProgress < 200) return;
     this.lastProgress = now;
     onProgress({
-      phase: 'restore',
+      phase: this.phase,
       bytesRead: this.result.bytes,
       bytesTransferred: this.bytesRead,
       items: this.result.files,
