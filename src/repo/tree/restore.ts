@@ -223,7 +223,7 @@ class TreeRestore {
       }
       if (flush?.unavailable)
         this.result.warnings.push(
-          'sync(1) not found: the restored files were not flushed to disk (the kernel writes them back later)',
+          'sh or sync(1) not found: the restored files were not flushed to disk (the kernel writes them back later)',
         );
     } catch (err) {
       this.fail(err);
