@@ -411,19 +411,11 @@ export class Repository implements BlobReader {
     length: number,
     opts: RunOptions,
   ): Promise<Buffer> {
-    let sealed: Buffer;
-    try {
+    let sealed: Buffer = Buffer.alloc(0);
+    await Repository.readChecked(what, offset, length, async () => {
       sealed = await this.store.getRange(what, offset, length, opts);
-    } catch (err) {
-      if (err instanceof NotFoundError)
-        throw new IntegrityError(`${what}: pack is missing`, { cause: err, details: { object: what } });
-      throw err;
-    }
-    if (sealed.length !== length)
-      throw new IntegrityError(
-        `${what}: truncated (blob at ${offset} needs ${length} bytes, got ${sealed.length})`,
-        { details: { object: what } },
-      );
+      return sealed.length;
+    });
     return sealed;
   }
 
@@ -469,10 +461,10 @@ export class Repository implements BlobReader {
 
   /**
    * Reads a run's sealed bytes for a worker: into a slot of a shared arena, which the worker reads in place,
-   * when the store reads into caller memory (`reads`, ObjectStore.openRanges). Transferring a 6 MiB buffer to the worker and back per run made
-   * V8 count it as new external memory each time and run a major GC every few runs (24 in a 2 GiB restore);
-   * when every slot is taken, a recycled buffer is transferred as before. `release` frees the slot once the
-   * worker has replied.
+   * when the store reads into caller memory (`reads`, ObjectStore.openRanges). Transferring a 6 MiB buffer to
+   * the worker and back per run made V8 count it as new external memory each time and run a major GC every
+   * few runs (24 in a 2 GiB restore); when every slot is taken, a recycled buffer is transferred as before.
+   * `release` frees the slot once the worker has replied.
    */
   private async readRun(run: LoadRun, what: string, opts: LoadOptions, reads?: PackReads): Promise<RunRead> {
     const len = run.end - run.start;
@@ -535,7 +527,7 @@ export class Repository implements BlobReader {
       throw err;
     }
     if (got !== len)
-      throw new IntegrityError(`${what}: truncated (blobs at ${start} need ${len} bytes, got ${got})`, {
+      throw new IntegrityError(`${what}: truncated (${len} bytes needed at ${start}, got ${got})`, {
         details: { object: what },
       });
   }

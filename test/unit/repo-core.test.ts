@@ -8,6 +8,7 @@ import path from 'node:path';
 import { AuthError, IntegrityError, LockedError, ManualClock } from '../../src/core/index.ts';
 import { LocalStore, type ObjectStore, type RangeReader } from '../../src/storage/index.ts';
 import { BlobIndex } from '../../src/repo/blob-index.ts';
+import { packKey } from '../../src/repo/format.ts';
 import {
   applyRetention,
   backupImage,
@@ -435,6 +436,38 @@ test('loadMany reads each pack through one open reader: its runs in order, one a
   );
   assert.ok(log.opens.length >= 2);
   assert.equal(log.closes, log.opens.length, 'every reader closed after the failure');
+});
+
+test('loadBlob from a truncated or missing pack: an IntegrityError naming the pack, "truncated" or "missing"', async (t) => {
+  const dir = tmp();
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const store = new LocalStore(path.join(dir, 'repo'));
+  await (await Repository.init(store, 'pw', { kdf: FAST_KDF })).close();
+  const repo = await Repository.open(store, 'pw');
+  t.after(() => repo.close());
+  const s = await repo.startBackup();
+  const small = (await s.saveBlob('data', crypto.randomBytes(1000))).id;
+  const last = (await s.saveBlob('data', crypto.randomBytes(300 * 1024))).id;
+  await s.flush();
+  await s.close();
+  const pack = (id: string) => packKey(repo.index.packIds[repo.index.get(Buffer.from(id, 'hex'))!.pack]!);
+  const key = pack(last);
+  assert.equal(pack(small), key, 'both blobs in one pack');
+  const file = path.join(dir, 'repo', ...key.split('/'));
+  // Cut inside the last blob: the first still loads, the last is short.
+  fs.truncateSync(file, fs.statSync(file).size - 200 * 1024);
+  assert.equal((await repo.loadBlob(small)).length, 1000);
+  await assert.rejects(
+    repo.loadBlob(last),
+    (err: unknown) =>
+      err instanceof IntegrityError && err.message.includes(key) && /truncated/.test(err.message),
+  );
+  fs.rmSync(file);
+  await assert.rejects(
+    repo.loadBlob(small),
+    (err: unknown) =>
+      err instanceof IntegrityError && err.message.includes(key) && /pack is missing/.test(err.message),
+  );
 });
 
 test("the crypto workers use the process's compile cache when it has one, and none when it has not", (t) => {
