@@ -220,11 +220,11 @@ class TreeRestore {
         this.report(true);
         await flush.finish();
         this.phase = 'restore';
+        if (flush.unavailable)
+          this.result.warnings.push(
+            'sh or sync(1) not found: the restored files were not flushed to disk (the kernel writes them back later)',
+          );
       }
-      if (flush?.unavailable)
-        this.result.warnings.push(
-          'sh or sync(1) not found: the restored files were not flushed to disk (the kernel writes them back later)',
-        );
     } catch (err) {
       this.fail(err);
       await flush?.stop();
