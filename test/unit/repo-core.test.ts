@@ -146,6 +146,21 @@ test('image backup: zero chunks not stored, dedup, changed ranges read only thos
       assert.ok(fs.readFileSync(out2).equals(fs.readFileSync(img)));
       assert.ok(fs.statSync(out2).blocks * 512 <= dataBytes + 16384, 'restored file is sparse');
       fs.rmSync(out2);
+      // A shell but no fallocate (a minimal image): the same.
+      const onlySh = path.join(dir, 'only-sh');
+      fs.mkdirSync(onlySh);
+      fs.symlinkSync(
+        spawnSync('sh', ['-c', 'command -v sh'], { env: { PATH: path0 } })
+          .stdout.toString()
+          .trim(),
+        path.join(onlySh, 'sh'),
+      );
+      process.env.PATH = onlySh;
+      const again2 = await restoreImage(repo, r2.map, out2);
+      assert.equal(again2.bytesPreallocated, 0);
+      assert.ok(fs.readFileSync(out2).equals(fs.readFileSync(img)));
+      fs.rmSync(out2);
+      fs.rmSync(onlySh, { recursive: true });
     } finally {
       process.env.PATH = path0;
     }
