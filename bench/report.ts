@@ -111,6 +111,39 @@ export function markdownTable(rows: Row[], sizeLabel: (scenario: string) => stri
   return [head, sep, ...lines].join('\n') + '\n';
 }
 
+/**
+ * Tern beside kopia, operation by operation, where both ran (empty when kopia did not). Kopia restores leave
+ * their writes in the page cache as restic's do, so the on-disk column compares the same work.
+ */
+export function kopiaMarkdown(rows: Row[], sizeLabel: (scenario: string) => string): string {
+  const pairs = rows
+    .filter((r) => r.tool === 'tern')
+    .map((t) => ({
+      t,
+      k: rows.find((r) => r.tool === 'kopia' && r.scenario === t.scenario && r.op === t.op),
+    }))
+    .filter((p): p is { t: Row; k: Row } => p.k !== undefined);
+  if (!pairs.length) return '';
+  const ratio = (mine: number | undefined, theirs: number | undefined) =>
+    mine !== undefined && theirs !== undefined && mine > 0 ? theirs / mine : undefined;
+  const ok = (r: Row, v: number | undefined) => (r.check === 'ok' ? v : undefined);
+  const lines = pairs.map(({ t, k }) => {
+    const onDisk = t.op.startsWith('restore')
+      ? `${fmt(ok(t, t.onDiskSeconds), 2)} | ${fmt(ok(k, k.onDiskSeconds), 2)} | ${fmt(ratio(ok(t, t.onDiskSeconds), ok(k, k.onDiskSeconds)), 2)}`
+      : '– | – | –';
+    return `| ${SCENARIO_LABELS[t.scenario] ?? t.scenario} (${sizeLabel(t.scenario)}) | ${OP_LABELS[t.op] ?? t.op} | ${fmt(ok(t, t.seconds), 2)} | ${fmt(ok(k, k.seconds), 2)} | ${fmt(ratio(ok(t, t.seconds), ok(k, k.seconds)), 2)} | ${onDisk} |`;
+  });
+  return (
+    [
+      'Tern against kopia (same data, same run; × kopia = kopia seconds ÷ Tern seconds, so above 1 Tern is faster):',
+      '',
+      '| Scenario | Operation | Tern s | kopia s | × kopia | Tern on disk s | kopia on disk s | × kopia on disk |',
+      '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+      ...lines,
+    ].join('\n') + '\n'
+  );
+}
+
 /** One line on the device floors measured (empty when none were). */
 export function floorMarkdown(rows: Row[]): string {
   const measured = rows.filter((r) => r.floorSeconds !== undefined);

@@ -36,6 +36,7 @@ import {
   describeMachine,
   evaluateTargets,
   floorMarkdown,
+  kopiaMarkdown,
   machineMarkdown,
   markdownTable,
   targetsMarkdown,
@@ -539,6 +540,7 @@ export async function runBench(cfg: BenchConfig): Promise<BenchResult> {
       scenario === 'tree' ? `${cfg.files} files, ${formatBytes(treeBytes)}` : formatBytes(cfg.size);
     const targets = evaluateTargets(rows);
     const floors = floorMarkdown(rows);
+    const kopia = kopiaMarkdown(rows, sizeLabel);
     const markdown = [
       `Taken ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC with \`${cfg.command}\`; local filesystem repositories.`,
       '',
@@ -548,6 +550,7 @@ export async function runBench(cfg: BenchConfig): Promise<BenchResult> {
       markdownTable(rows, sizeLabel),
       "MB/s = source bytes (10^6) / wall seconds of the whole command (incrementals: the full file size over the incremental time). × restic = throughput ÷ restic throughput for the same operation (ranges rows: ÷ restic incremental; restore of the ranges snapshot: ÷ restic restore of its incremental). On disk s (restores) = the command plus a `sync -f` of the target filesystem timed right after it: Tern's restores are on disk when they exit (image restores write with O_DIRECT and fsync, tree restores sync their filesystem), restic's restores leave their writes in the page cache; × restic on disk = restic's on-disk seconds ÷ Tern's. Peak RSS = largest resident set of the process (GNU time). Stored = repository growth on disk. Check = restored data hashed and compared with the source.",
       ...(floors ? ['', floors] : []),
+      ...(kopia ? ['', kopia] : []),
       '',
       'Targets (issue 3):',
       '',
