@@ -3,7 +3,14 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import zlib from 'node:zlib';
 import { IntegrityError } from '../../src/core/errors.ts';
-import { COMP_NONE, COMP_ZSTD, maybeCompress, ZstdCompressor, ZstdInto } from '../../src/repo/crypto.ts';
+import {
+  COMP_NONE,
+  COMP_ZSTD,
+  maybeCompress,
+  sampleEntropy,
+  ZstdCompressor,
+  ZstdInto,
+} from '../../src/repo/crypto.ts';
 
 function text(n: number): Buffer {
   const lines: string[] = [];
@@ -96,4 +103,26 @@ test('maybeCompress: text is compressed, random data and tiny blobs are not', ()
     assert.equal(m.comp, COMP_NONE);
     assert.equal(m.data, b);
   }
+});
+
+test('sampleEntropy: the Shannon entropy of the first n bytes, as the per-value formula gives it', () => {
+  const direct = (b: Uint8Array, n: number): number => {
+    const m = Math.min(b.length, n);
+    const h = new Map<number, number>();
+    for (const v of b.subarray(0, m)) h.set(v, (h.get(v) ?? 0) + 1);
+    let e = 0;
+    for (const c of h.values()) e -= (c / m) * Math.log2(c / m);
+    return e;
+  };
+  const uniform = Buffer.from(Array.from({ length: 2048 }, (_, i) => i % 256));
+  assert.ok(Math.abs(sampleEntropy(uniform, 2048) - 8) < 1e-9);
+  assert.equal(sampleEntropy(Buffer.alloc(2048, 7), 2048), 0);
+  assert.equal(sampleEntropy(Buffer.alloc(0), 2048), 0);
+  for (const b of [crypto.randomBytes(5000), text(5000), crypto.randomBytes(300), text(700)])
+    for (const n of [2048, 100, 1]) {
+      const got = sampleEntropy(b, n);
+      assert.ok(Math.abs(got - direct(b, n)) < 1e-9, `${got} vs ${direct(b, n)} (n ${n}, ${b.length} bytes)`);
+    }
+  // Calls do not leak counts into each other (the histogram is reused).
+  assert.equal(sampleEntropy(Buffer.alloc(2048, 1), 2048), 0);
 });
