@@ -124,14 +124,16 @@ export function kopiaMarkdown(rows: Row[], sizeLabel: (scenario: string) => stri
     }))
     .filter((p): p is { t: Row; k: Row } => p.k !== undefined);
   if (!pairs.length) return '';
-  const ratio = (mine: number | undefined, theirs: number | undefined) =>
-    mine !== undefined && theirs !== undefined && mine > 0 ? theirs / mine : undefined;
   const ok = (r: Row, v: number | undefined) => (r.check === 'ok' ? v : undefined);
+  /** Tern's seconds, kopia's, and kopia's ÷ Tern's: three cells. */
+  const cells = (mine: number | undefined, theirs: number | undefined) =>
+    `${fmt(mine, 2)} | ${fmt(theirs, 2)} | ${fmt(mine !== undefined && theirs !== undefined && mine > 0 ? theirs / mine : undefined, 2)}`;
   const lines = pairs.map(({ t, k }) => {
+    const exits = cells(ok(t, t.seconds), ok(k, k.seconds));
     const onDisk = t.op.startsWith('restore')
-      ? `${fmt(ok(t, t.onDiskSeconds), 2)} | ${fmt(ok(k, k.onDiskSeconds), 2)} | ${fmt(ratio(ok(t, t.onDiskSeconds), ok(k, k.onDiskSeconds)), 2)}`
+      ? cells(ok(t, t.onDiskSeconds), ok(k, k.onDiskSeconds))
       : '– | – | –';
-    return `| ${SCENARIO_LABELS[t.scenario] ?? t.scenario} (${sizeLabel(t.scenario)}) | ${OP_LABELS[t.op] ?? t.op} | ${fmt(ok(t, t.seconds), 2)} | ${fmt(ok(k, k.seconds), 2)} | ${fmt(ratio(ok(t, t.seconds), ok(k, k.seconds)), 2)} | ${onDisk} |`;
+    return `| ${SCENARIO_LABELS[t.scenario] ?? t.scenario} (${sizeLabel(t.scenario)}) | ${OP_LABELS[t.op] ?? t.op} | ${exits} | ${onDisk} |`;
   });
   return (
     [
