@@ -11,8 +11,8 @@ export interface PackBlob {
 }
 
 const HEADER_ENTRY = 42;
-const INDEX_ENTRY = 46;
-const INDEX_MAGIC = 'TERNIDX1';
+export const INDEX_ENTRY = 46;
+export const INDEX_MAGIC = 'TERNIDX1';
 
 /** Plain pack header: per blob, in pack order: type u8, comp u8, id[32], length u32le, rawLength u32le. */
 export function encodePackHeader(blobs: PackBlob[]): Buffer {
@@ -77,10 +77,17 @@ export function encodeIndex(packs: IndexPack[]): Buffer {
   return out;
 }
 
-export function decodeIndex(buf: Buffer, what: string): IndexPack[] {
+/**
+ * Walks a plain index without an object per blob: `onPack` gets each pack's id and where its `count` entries
+ * of INDEX_ENTRY bytes start in `buf` (type u8, comp u8, id[32], offset, length, rawLength u32le).
+ */
+export function scanIndex(
+  buf: Buffer,
+  what: string,
+  onPack: (packId: string, at: number, count: number) => void,
+): void {
   if (buf.length < 8 || buf.toString('latin1', 0, 8) !== INDEX_MAGIC)
     throw new IntegrityError(`${what}: not an index`);
-  const packs: IndexPack[] = [];
   let o = 8;
   while (o < buf.length) {
     if (o + 36 > buf.length) throw new IntegrityError(`${what}: truncated index`);
@@ -88,8 +95,16 @@ export function decodeIndex(buf: Buffer, what: string): IndexPack[] {
     const n = buf.readUInt32LE(o + 32);
     o += 36;
     if (o + n * INDEX_ENTRY > buf.length) throw new IntegrityError(`${what}: truncated index`);
+    onPack(packId, o, n);
+    o += n * INDEX_ENTRY;
+  }
+}
+
+export function decodeIndex(buf: Buffer, what: string): IndexPack[] {
+  const packs: IndexPack[] = [];
+  scanIndex(buf, what, (packId, at, n) => {
     const blobs: PackBlob[] = [];
-    for (let i = 0; i < n; i++) {
+    for (let i = 0, o = at; i < n; i++, o += INDEX_ENTRY) {
       blobs.push({
         type: buf[o]!,
         comp: buf[o + 1]!,
@@ -98,10 +113,9 @@ export function decodeIndex(buf: Buffer, what: string): IndexPack[] {
         length: buf.readUInt32LE(o + 38),
         rawLength: buf.readUInt32LE(o + 42),
       });
-      o += INDEX_ENTRY;
     }
     packs.push({ packId, blobs });
-  }
+  });
   return packs;
 }
 
