@@ -22,6 +22,8 @@ export {
   restoreImage,
   loadImageMap,
   imageMapBlobs,
+  ImageMapView,
+  SEGMENT_CHUNKS,
   parseRanges,
   DEFAULT_CHUNK_SIZE,
 } from './image/index.ts';

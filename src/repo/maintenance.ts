@@ -5,7 +5,7 @@ import type { BlobId, SnapshotManifest } from './api.ts';
 import { decodePackHeader, packKey, type IndexPack, type PackBlob } from './format.ts';
 import { RepoLock } from './lock.ts';
 import type { Repository } from './repository.ts';
-import { imageMapBlobs, loadImageMap } from './image/index.ts';
+import { imageMapBlobs } from './image/index.ts';
 import { walkTree } from './tree/index.ts';
 
 // ---------- forget ----------
@@ -88,9 +88,7 @@ export async function snapshotBlobs(
   opts: RunOptions = {},
 ): Promise<void> {
   if (s.root.kind === 'image') {
-    visit(s.root.map);
-    const map = await loadImageMap(repo, s.root.map, opts);
-    for (const c of imageMapBlobs(map)) visit(c);
+    await imageMapBlobs(repo, s.root.map, visit, opts);
   } else {
     await walkTree(repo, s.root.tree, (id) => visit(id), opts);
   }

@@ -8,10 +8,11 @@ import path from 'node:path';
 import { AuthError, IntegrityError, LockedError, ManualClock } from '../../src/core/index.ts';
 import { LocalStore, type ObjectStore, type RangeReader } from '../../src/storage/index.ts';
 import { BlobIndex } from '../../src/repo/blob-index.ts';
-import { packKey } from '../../src/repo/format.ts';
+import { encodeIndex, packKey, scanIndex } from '../../src/repo/format.ts';
 import {
   applyRetention,
   backupImage,
+  ImageMapView,
   loadImageMap,
   prune,
   RepoLock,
@@ -62,6 +63,43 @@ function snap(time: string, paths = ['/a']): SnapshotManifest {
   };
 }
 
+test('BlobIndex: entries read from an encoded index object equal those added one by one; reserve allocates once', () => {
+  const packs = Array.from({ length: 3 }, (_, p) => ({
+    packId: crypto.randomBytes(32).toString('hex'),
+    blobs: Array.from({ length: 50 + p }, (_, i) => ({
+      type: i & 1,
+      comp: (i >> 1) & 1,
+      id: crypto.randomBytes(32),
+      offset: i * 1000 + p,
+      length: 999 - i,
+      rawLength: 2 ** 31 + i,
+    })),
+  }));
+  const plain = encodeIndex(packs);
+  const a = new BlobIndex(4);
+  const b = new BlobIndex(4);
+  b.reserve(200);
+  const before = process.memoryUsage().arrayBuffers;
+  scanIndex(plain, 'test', (packId, at, n) => {
+    const pn = b.packNumber(packId);
+    for (let i = 0; i < n; i++) b.addEncoded(plain, at + i * 46, pn);
+  });
+  assert.equal(process.memoryUsage().arrayBuffers, before, 'no growth within the reserved size');
+  for (const p of packs) {
+    const pn = a.packNumber(p.packId);
+    for (const x of p.blobs) a.add(x.id, { ...x, pack: pn });
+  }
+  assert.equal(b.size, 153);
+  for (const p of packs)
+    for (const x of p.blobs) {
+      assert.deepEqual(b.get(x.id), a.get(x.id));
+      assert.equal(b.get(x.id)!.rawLength, x.rawLength);
+    }
+  // The first location wins, as with add.
+  const dup = encodeIndex([{ packId: packs[0]!.packId, blobs: [{ ...packs[1]!.blobs[0]!, offset: 7 }] }]);
+  scanIndex(dup, 'dup', (_, at) => assert.equal(b.addEncoded(dup, at, 0), false));
+  assert.equal(b.get(packs[1]!.blobs[0]!.id)!.offset, packs[1]!.blobs[0]!.offset);
+});
 test('retention follows restic: keep-last and keep-daily buckets', () => {
   const snaps = [
     snap('2026-01-01T10:00:00Z'),
@@ -280,6 +318,147 @@ test('image backup: chains of changed-ranges incrementals as extents restore exa
     assert.ok(fs.readFileSync(out).equals(data));
     const v = await verify(repo, { readData: true });
     assert.equal(v.errors.length, 0, JSON.stringify(v.errors));
+    await repo.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('image maps in segments: untouched segments keep their ids, zero segments are one blob, restores in windows; a map in one blob still reads', async () => {
+  const dir = tmp();
+  try {
+    const store = new LocalStore(path.join(dir, 'repo'));
+    const repo = await Repository.init(store, 'pw', { kdf: FAST_KDF });
+    const img = path.join(dir, 'img');
+    const C = 4096;
+    const S = 4; // chunk entries per segment
+    // 23 chunks (the last one 100 bytes): segments of 4, 4, 4, 4, 4, 3; segments 2 and 3 all zeros.
+    const data = crypto.randomBytes(22 * C + 100);
+    data.fill(0, 8 * C, 16 * C);
+    fs.writeFileSync(img, data);
+    const backup = async (
+      o: Parameters<typeof backupImage>[2],
+    ): Promise<Awaited<ReturnType<typeof backupImage>>> => {
+      const s = await repo.startBackup();
+      const r = await backupImage(s, img, { segmentChunks: S, ...o });
+      await s.flush();
+      await s.close();
+      return r;
+    };
+    const restoresTo = async (map: string, want: Buffer, name: string): Promise<void> => {
+      // Windows of 5 chunks: they do not line up with the segments.
+      const out = path.join(dir, name);
+      const r = await restoreImage(repo, map, out, { windowChunks: 5 });
+      assert.equal(r.chunks, Math.ceil(want.length / C));
+      assert.ok(fs.readFileSync(out).equals(want), `${name}: restored bytes differ`);
+    };
+    const r1 = await backup({ chunkSize: C });
+    const v1 = await ImageMapView.open(repo, r1.map);
+    assert.equal(v1.segmentIds?.length, 6);
+    assert.equal(v1.segmentIds[2], v1.segmentIds[3], 'two all-zero segments are one blob');
+    assert.equal(r1.zeroChunks, 8);
+    const m1 = await loadImageMap(repo, r1.map);
+    assert.equal(m1.chunks.length, 23);
+    assert.deepEqual(m1.chunks.slice(8, 16), new Array(8).fill(null));
+    await restoresTo(r1.map, data, 'out1');
+
+    // A change in chunk 5 (segment 1) only: every other segment keeps its id.
+    crypto.randomBytes(10).copy(data, 5 * C + 7);
+    fs.writeFileSync(img, data);
+    const r2 = await backup({
+      parentMap: r1.map,
+      reader: repo,
+      changedRanges: [{ offset: 5 * C + 7, length: 10 }],
+    });
+    assert.equal(r2.bytesRead, C);
+    const v2 = await ImageMapView.open(repo, r2.map);
+    v1.segmentIds.forEach((id, k) =>
+      assert.equal(v2.segmentIds?.[k] === id, k !== 1, `segment ${k} ${k === 1 ? 'changed' : 'kept'}`),
+    );
+    await restoresTo(r2.map, data, 'out2');
+
+    // The image grows to 24 chunks and 10 bytes: the old short last chunk (22) and the new ones are read whole.
+    const grown = Buffer.concat([data, crypto.randomBytes(2 * C - 90)]);
+    fs.writeFileSync(img, grown);
+    const r3 = await backup({ parentMap: r2.map, reader: repo, changedRanges: [] });
+    assert.equal(r3.bytesRead, 2 * C + 10, 'chunks 22, 23 and the 10 bytes of chunk 24');
+    await restoresTo(r3.map, grown, 'out3');
+
+    // It shrinks to 10 chunks and 50 bytes: the new short last chunk (chunk 10) is read, not taken whole from
+    // the parent, whose chunk 10 is longer.
+    const shrunk = grown.subarray(0, 10 * C + 50);
+    fs.writeFileSync(img, shrunk);
+    const r4 = await backup({ parentMap: r3.map, reader: repo, changedRanges: [] });
+    assert.equal(r4.bytesRead, 50);
+    await restoresTo(r4.map, shrunk, 'out4');
+
+    // A map written in one blob (before segments) restores, and an incremental takes it as its parent.
+    const s = await repo.startBackup();
+    const old = await s.saveBlob('tree', Buffer.from(JSON.stringify(await loadImageMap(repo, r4.map))));
+    await s.flush();
+    await s.close();
+    const vOld = await ImageMapView.open(repo, old.id);
+    assert.equal(vOld.segmentIds, undefined);
+    await restoresTo(old.id, shrunk, 'out5');
+    crypto.randomBytes(100).copy(shrunk, 3 * C);
+    fs.writeFileSync(img, shrunk);
+    const r5 = await backup({
+      parentMap: old.id,
+      reader: repo,
+      changedRanges: [{ offset: 3 * C, length: 100 }],
+    });
+    assert.equal(r5.bytesRead, C);
+    await restoresTo(r5.map, shrunk, 'out6');
+
+    // Snapshots of the first and last maps only: prune keeps their segments and every blob they name.
+    const s2 = await repo.startBackup();
+    for (const [map, size] of [
+      [r1.map, 22 * C + 100],
+      [r5.map, shrunk.length],
+    ] as const)
+      await s2.saveSnapshot({
+        paths: [img],
+        tags: [],
+        root: { kind: 'image', map, size },
+        summary: { bytesRead: 0, bytesAdded: 0, durationMs: 0 },
+      });
+    await s2.close();
+    await prune(repo, {});
+    await restoresTo(r5.map, shrunk, 'out7');
+    const v = await verify(repo, { readData: true });
+    assert.equal(v.errors.length, 0, JSON.stringify(v.errors));
+    await repo.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a malformed image map or segment is an IntegrityError naming it', async () => {
+  const dir = tmp();
+  try {
+    const store = new LocalStore(path.join(dir, 'repo'));
+    const repo = await Repository.init(store, 'pw', { kdf: FAST_KDF });
+    const s = await repo.startBackup();
+    const save = async (j: unknown): Promise<string> =>
+      (await s.saveBlob('tree', Buffer.from(JSON.stringify(j)))).id;
+    const seg = await save(['a'.repeat(64), null]);
+    const bad = {
+      notJson: (await s.saveBlob('tree', Buffer.from('{"size":'))).id,
+      count: await save({ size: 3 * 4096, chunkSize: 4096, chunks: [null] }),
+      entry: await save({ size: 4096, chunkSize: 4096, chunks: ['xyz'] }),
+      segments: await save({ size: 3 * 4096, chunkSize: 4096, segmentChunks: 2, segments: [seg] }),
+      segmentLength: await save({ size: 3 * 4096, chunkSize: 4096, segmentChunks: 2, segments: [seg, seg] }),
+    };
+    await s.flush();
+    await s.close();
+    for (const [what, id] of Object.entries(bad))
+      await assert.rejects(
+        restoreImage(repo, id, path.join(dir, `out-${what}`)),
+        (err: unknown) =>
+          err instanceof IntegrityError && err.message.includes(id) && /malformed/.test(err.message),
+        what,
+      );
+    assert.equal(fs.readdirSync(dir).filter((f) => f.startsWith('out') || f.includes('partial')).length, 0);
     await repo.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });

@@ -7,7 +7,7 @@ import { openStore } from '../../storage/index.ts';
 import {
   backupImage,
   forget,
-  loadImageMap,
+  ImageMapView,
   parseRanges,
   prune,
   Repository,
@@ -213,20 +213,22 @@ export function registerRepo(program: Command): void {
         async (repo) => {
           const s = await repo.resolveSnapshot(id);
           if (s.root.kind === 'image') {
-            const map = await loadImageMap(repo, s.root.map);
-            const zero = map.chunks.filter((c) => c === null).length;
+            const map = await ImageMapView.open(repo, s.root.map);
+            let zero = 0;
+            for (let k = 0; k < map.segmentCount; k++)
+              for (const c of await map.segment(k)) if (c === null) zero++;
             const info = {
               snapshot: s.id,
               kind: 'image',
               size: map.size,
               chunkSize: map.chunkSize,
-              chunks: map.chunks.length,
+              chunks: map.chunks,
               zeroChunks: zero,
             };
             if (o.json) printJson(info);
             else
               process.stdout.write(
-                `image ${s.paths.join(',')}: ${formatBytes(map.size)} (${map.size} bytes), ${map.chunks.length} chunks of ${formatBytes(map.chunkSize)}, ${zero} zero\n`,
+                `image ${s.paths.join(',')}: ${formatBytes(map.size)} (${map.size} bytes), ${map.chunks} chunks of ${formatBytes(map.chunkSize)}, ${zero} zero\n`,
               );
             return;
           }

@@ -8,11 +8,21 @@ import crypto from 'node:crypto';
 import type { RunOptions } from '../../core/base.ts';
 import { InputError, IntegrityError, NoSpaceError, throwIfAborted, CancelledError } from '../../core/base.ts';
 import { DIRECT_ALIGN, directWritable } from '../../core/aligned.ts';
-import type { BlobId, BlobReader, BlobWriter, ByteRange, ImageChunk, ImageExtent, ImageMap } from '../api.ts';
+import type { BlobId, BlobReader, BlobWriter, ByteRange, ImageChunk, ImageExtent } from '../api.ts';
+import { chunkExtents, ImageMapView, ImageMapWriter } from './map.ts';
+
+export { chunkExtents, imageMapBlobs, ImageMapView, loadImageMap, SEGMENT_CHUNKS } from './map.ts';
 
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
 const READS_AHEAD = 6;
 const LOADS_AHEAD = 8;
+/**
+ * A restore plans and loads this many chunks at a time (16 GiB at 1 MiB chunks): what it holds per chunk is
+ * bounded by that, not by the image's size. A blob used in two windows is read twice. A restore of 4 GiB in
+ * 4 KiB chunks (2^20 chunks, as many as 1 TiB has at 1 MiB), alternating, 2 each: windows of 65536 chunks
+ * peaked at 586-645 MiB RSS, of 16384 at 460-467 MiB, in 7.5-8.4 s either way.
+ */
+const WINDOW_CHUNKS = 16384;
 
 export interface ImageBackupOptions extends RunOptions {
   chunkSize?: number;
@@ -21,6 +31,8 @@ export interface ImageBackupOptions extends RunOptions {
   reader?: BlobReader;
   /** With a parent: only chunks overlapping these ranges are read; the rest keep the parent's ids. */
   changedRanges?: ByteRange[];
+  /** Chunk entries per map segment (default SEGMENT_CHUNKS; tests use small ones). */
+  segmentChunks?: number;
 }
 
 export interface ImageBackupResult {
@@ -44,18 +56,6 @@ export async function deviceSize(
     return { size: Number(stdout.trim()), isDevice: true };
   }
   throw new InputError(`${file} is neither a regular file nor a block device`);
-}
-
-export async function loadImageMap(reader: BlobReader, id: BlobId, opts: RunOptions = {}): Promise<ImageMap> {
-  const raw = await reader.loadBlob(id, opts);
-  try {
-    const m = JSON.parse(raw.toString('utf8')) as ImageMap;
-    if (typeof m.size !== 'number' || typeof m.chunkSize !== 'number' || !Array.isArray(m.chunks))
-      throw new Error('bad shape');
-    return m;
-  } catch (err) {
-    throw new IntegrityError(`image map ${id} is malformed`, { cause: err });
-  }
 }
 
 function isZero(buf: Buffer, zero: Buffer): boolean {
@@ -84,22 +84,6 @@ const EXTENT_MAX_SHARE = 0.5;
 const MAX_EXTENTS = 16;
 /** Changed ranges are widened to this alignment before reading. */
 const EXTENT_ALIGN = 4096;
-
-/** The chunk as extents (a whole blob or a hole is one extent). */
-export function chunkExtents(c: ImageChunk, len: number): ImageExtent[] {
-  if (c === null || typeof c === 'string') return [[c, 0, len]];
-  return c;
-}
-
-/** Every blob id an image map refers to (whole chunks and extents). */
-export function imageMapBlobs(map: ImageMap): Set<BlobId> {
-  const out = new Set<BlobId>();
-  for (const c of map.chunks) {
-    if (typeof c === 'string') out.add(c);
-    else if (c !== null) for (const [b] of c) if (b !== null) out.add(b);
-  }
-  return out;
-}
 
 /** `base` with [start, start+len) replaced by each patch, adjacent pieces of one blob merged. */
 function overlay(base: ImageExtent[], patches: { start: number; ext: ImageExtent }[]): ImageChunk {
@@ -149,18 +133,23 @@ export async function backupImage(
   const fh = await fsp.open(file, 'r');
   try {
     const { size } = await deviceSize(fh, file);
-    let parent: ImageMap | undefined;
+    let parent: ImageMapView | undefined;
     if (opts.parentMap) {
       if (!opts.reader) throw new InputError('a parent map needs a reader');
-      parent = await loadImageMap(opts.reader, opts.parentMap, opts);
+      parent = await ImageMapView.open(opts.reader, opts.parentMap, opts);
     }
     const chunkSize = opts.chunkSize ?? parent?.chunkSize ?? DEFAULT_CHUNK_SIZE;
     if (chunkSize < 4096 || chunkSize > 64 * 1024 * 1024 || chunkSize % 4096 !== 0)
       throw new InputError('chunk size must be a multiple of 4 KiB between 4 KiB and 64 MiB');
     const n = Math.ceil(size / chunkSize);
     const chunkLen = (i: number): number => Math.min(chunkSize, size - i * chunkSize);
-    const chunks: ImageChunk[] = new Array<ImageChunk>(n).fill(null);
-    const pieces: Piece[] = [];
+    // With changed ranges, the chunks that keep their parent's entry unless a range touches them: those the
+    // parent had at the same length (not the chunks of a grown image, nor a last chunk whose length changed).
+    const keeps = (i: number): boolean =>
+      parent !== undefined && i < parent.chunks && parent.chunkLength(i) === chunkLen(i);
+    /** With changed ranges: the pieces to read of each kept chunk a range touches (others are read whole). */
+    let touched: Map<number, Piece[]> | undefined;
+    let bytesTotal = size;
     if (opts.changedRanges) {
       if (!parent) throw new InputError('--changed-ranges needs --parent');
       if (parent.chunkSize !== chunkSize)
@@ -186,26 +175,32 @@ export async function backupImage(
           else list.push([s, e]);
         }
       }
-      for (let i = 0; i < n; i++) {
+      touched = new Map();
+      bytesTotal = 0;
+      // In chunk order, so each segment of the parent's map is loaded once.
+      for (const [i, list] of changed) {
+        if (!keeps(i)) continue;
         const len = chunkLen(i);
-        // Chunks the parent did not have (size grew) or whose last partial chunk changed length are read.
-        const fresh = i >= parent.chunks.length || (i === parent.chunks.length - 1 && parent.size !== size);
-        const list = changed.get(i);
-        if (fresh) {
-          pieces.push({ chunk: i, start: 0, length: len, whole: true });
-          continue;
-        }
-        const prev = parent.chunks[i] ?? null;
-        chunks[i] = prev;
-        if (!list) continue;
         const bytes = list.reduce((a, [s, e]) => a + e - s, 0);
-        const extents = chunkExtents(prev, len).length + 2 * list.length;
-        if (bytes > len * EXTENT_MAX_SHARE || extents > MAX_EXTENTS)
-          pieces.push({ chunk: i, start: 0, length: len, whole: true });
-        else for (const [s, e] of list) pieces.push({ chunk: i, start: s, length: e - s, whole: false });
+        const extents = chunkExtents(await parent.entry(i, opts), len).length + 2 * list.length;
+        touched.set(
+          i,
+          bytes > len * EXTENT_MAX_SHARE || extents > MAX_EXTENTS
+            ? [{ chunk: i, start: 0, length: len, whole: true }]
+            : list.map(([s, e]) => ({ chunk: i, start: s, length: e - s, whole: false })),
+        );
       }
-    } else {
-      for (let i = 0; i < n; i++) pieces.push({ chunk: i, start: 0, length: chunkLen(i), whole: true });
+      for (let i = 0; i < n; i++) {
+        if (!keeps(i)) bytesTotal += chunkLen(i);
+        else for (const p of touched.get(i) ?? []) bytesTotal += p.length;
+      }
+    }
+    /** The pieces to read, in file order. */
+    function* pieces(): Generator<Piece> {
+      for (let i = 0; i < n; i++) {
+        if (touched && keeps(i)) yield* touched.get(i) ?? [];
+        else yield { chunk: i, start: 0, length: chunkLen(i), whole: true };
+      }
     }
     const zero = Buffer.alloc(chunkSize);
     const res: ImageBackupResult = {
@@ -217,14 +212,63 @@ export async function backupImage(
       bytesRead: 0,
       bytesAdded: 0,
     };
-    let bytesTotal = 0;
-    for (const p of pieces) bytesTotal += p.length;
-    const patches = new Map<number, { start: number; ext: ImageExtent }[]>();
-    const chunksTouched = new Set<number>();
+    const out = new ImageMapWriter(writer, { size, chunkSize, segmentChunks: opts.segmentChunks }, opts);
+    const S = out.segmentChunks;
+    /** What was read of the chunks whose entries are not written yet: a whole chunk's id, or patches. */
+    const read = new Map<
+      number,
+      { whole?: BlobId | null; patches?: { start: number; ext: ImageExtent }[] }
+    >();
+    let emitted = 0;
+    /** Writes the entries of every chunk before `to` into the map (all their pieces are placed). */
+    const emit = async (to: number): Promise<void> => {
+      while (emitted < to) {
+        const i = emitted;
+        // A segment of kept chunks that no piece touched is the parent's segment, when the parent's map has
+        // the same segments: its id is kept without loading it.
+        const segEnd = Math.min(n, i + S);
+        if (
+          touched &&
+          i % S === 0 &&
+          segEnd <= to &&
+          parent?.segmentIds !== undefined &&
+          parent.segmentChunks === S &&
+          Math.min(S, parent.chunks - i) === segEnd - i &&
+          keeps(segEnd - 1) &&
+          ![...read.keys()].some((c) => c >= i && c < segEnd)
+        ) {
+          out.addStored(parent.segmentIds[i / S]!, segEnd - i);
+          emitted = segEnd;
+          continue;
+        }
+        const got = read.get(i);
+        read.delete(i);
+        let c: ImageChunk;
+        if (got?.whole !== undefined) c = got.whole;
+        else {
+          c = await parent!.entry(i, opts);
+          if (got?.patches) {
+            got.patches.sort((a, b) => a.start - b.start);
+            c = overlay(chunkExtents(c, chunkLen(i)), got.patches);
+          }
+        }
+        if (!opts.changedRanges && c === null) res.zeroChunks++;
+        await out.add(c);
+        emitted++;
+      }
+    };
+    const place = async (p: Piece, id: BlobId | null): Promise<void> => {
+      // Pieces are placed in file order: every chunk before this one is complete.
+      await emit(p.chunk);
+      let r = read.get(p.chunk);
+      if (!r) read.set(p.chunk, (r = {}));
+      if (p.whole) r.whole = id;
+      else (r.patches ??= []).push({ start: p.start, ext: [id, 0, p.length] });
+    };
 
     // Reads run READS_AHEAD ahead; saves are started in order and awaited in order (the writer applies back-pressure).
     let spare: Buffer | undefined;
-    const read = async (p: Piece): Promise<Buffer> => {
+    const readPiece = async (p: Piece): Promise<Buffer> => {
       const len = p.length;
       let buf: Buffer;
       if (spare?.length === len) {
@@ -240,46 +284,41 @@ export async function backupImage(
       }
       return buf;
     };
-    const reads: Promise<Buffer>[] = [];
-    const saves: { p: Piece; s: Promise<{ id: string; storedBytes: number }> }[] = [];
-    let next = 0;
+    const todo = pieces();
+    const reads: { p: Piece; r: Promise<Buffer> }[] = [];
+    const saves: { p: Piece; s: Promise<{ id: BlobId | null; storedBytes: number }> }[] = [];
     const fill = (): void => {
-      while (next < pieces.length && reads.length < READS_AHEAD) {
-        const r = read(pieces[next++]!);
+      while (reads.length < READS_AHEAD) {
+        const next = todo.next();
+        if (next.done) return;
+        const r = readPiece(next.value);
         r.catch(() => undefined); // awaited in order later, as the saves
-        reads.push(r);
-      }
-    };
-    const place = (p: Piece, id: BlobId | null): void => {
-      if (p.whole) chunks[p.chunk] = id;
-      else {
-        let list = patches.get(p.chunk);
-        if (!list) patches.set(p.chunk, (list = []));
-        list.push({ start: p.start, ext: [id, 0, p.length] });
+        reads.push({ p: next.value, r });
       }
     };
     fill();
-    let k = 0;
+    let lastChunk = -1;
     const drainSave = async (): Promise<void> => {
       const s = saves.shift()!;
       const r = await s.s;
-      place(s.p, r.id);
+      await place(s.p, r.id);
       res.bytesAdded += r.storedBytes;
     };
     try {
-      while (k < pieces.length) {
+      while (reads.length > 0) {
         throwIfAborted(opts.signal);
-        const p = pieces[k++]!;
-        const buf = await reads.shift()!;
+        const { p, r } = reads.shift()!;
+        const buf = await r;
         fill();
-        if (!chunksTouched.has(p.chunk)) {
-          chunksTouched.add(p.chunk);
+        if (p.chunk !== lastChunk) {
+          lastChunk = p.chunk;
           res.chunksRead++;
         }
         res.bytesRead += buf.length;
         if (isZero(buf, zero)) {
-          place(p, null);
-          if (p.whole) res.zeroChunks++;
+          // Queued behind the saves before it: pieces are placed in file order.
+          saves.push({ p, s: Promise.resolve({ id: null, storedBytes: 0 }) });
+          if (p.whole && opts.changedRanges) res.zeroChunks++;
           spare = buf;
         } else {
           const save = writer.saveBlob('data', buf, { signal: opts.signal });
@@ -298,18 +337,12 @@ export async function backupImage(
       while (saves.length > 0) await drainSave();
     } catch (err) {
       // Reads and saves still in flight settle before the source is closed and the error goes up.
-      await Promise.allSettled([...reads, ...saves.map((s) => s.s)]);
+      await Promise.allSettled([...reads.map((x) => x.r), ...saves.map((s) => s.s)]);
       throw err;
     }
-    for (const [i, list] of patches) {
-      list.sort((a, b) => a.start - b.start);
-      chunks[i] = overlay(chunkExtents(chunks[i] ?? null, chunkLen(i)), list);
-    }
-    if (!opts.changedRanges) res.zeroChunks = chunks.filter((c) => c === null).length;
-    const map: ImageMap = { size, chunkSize, chunks };
-    const saved = await writer.saveBlob('tree', Buffer.from(JSON.stringify(map)), { signal: opts.signal });
-    res.map = saved.id;
-    res.bytesAdded += saved.storedBytes;
+    await emit(n);
+    res.map = await out.finish();
+    res.bytesAdded += out.bytesAdded;
     return res;
   } finally {
     await fh.close();
@@ -353,8 +386,10 @@ async function openDirect(file: string): Promise<fs.promises.FileHandle | undefi
   }
 }
 
-/** Data extents of a new image file allocated ahead, the largest first. */
+/** Data extents of a new image file allocated ahead, the largest first (per window of chunks). */
 const PREALLOC_EXTENTS = 64;
+/** Windows after the first are preallocated when they hold at least this much data. */
+const PREALLOC_MIN_WINDOW = 256 * 1024 * 1024;
 
 /**
  * One shell allocates the extents given as (offset, length) pairs after the file, in that order, with util-linux
@@ -404,14 +439,23 @@ async function preallocate(
   }
 }
 
+/** Where a blob's bytes go: `length` bytes from `from` of its plaintext to file position `pos`. */
+interface Target {
+  from: number;
+  length: number;
+  pos: number;
+  /** a whole chunk: the plaintext must be exactly `length` bytes */
+  whole: boolean;
+}
+
 /** Restore to a regular file (sparse, via a temp name renamed when complete) or onto an existing block device. */
 export async function restoreImage(
   reader: BlobReader,
   mapId: BlobId,
   target: string,
-  opts: RunOptions & { overwrite?: boolean } = {},
+  opts: RunOptions & { overwrite?: boolean; windowChunks?: number } = {},
 ): Promise<ImageRestoreResult> {
-  const map = await loadImageMap(reader, mapId, opts);
+  const map = await ImageMapView.open(reader, mapId, opts);
   let st: fs.Stats | undefined;
   try {
     st = await fsp.stat(target);
@@ -437,10 +481,11 @@ export async function restoreImage(
     bytesWritten: 0,
     bytesDirect: 0,
     writes: 0,
-    chunks: map.chunks.length,
+    chunks: map.chunks,
     bytesPreallocated: 0,
   };
   let prealloc: Promise<number> | undefined;
+  let zero: Buffer | undefined;
   try {
     fh = await fsp.open(tmp, isDevice ? 'r+' : 'wx', 0o600);
     if (isDevice) {
@@ -453,35 +498,58 @@ export async function restoreImage(
     // filesystem refuses O_DIRECT (tmpfs, some FUSE and network filesystems) everything goes through `h`.
     direct = await openDirect(tmp);
     let d = direct;
-    // Where each blob's bytes go: [from, length, file position]; whole chunks must match their length exactly.
-    const targets = new Map<BlobId, { from: number; length: number; pos: number; whole: boolean }[]>();
-    const zeros: { pos: number; length: number }[] = [];
-    /** Where data goes, neighbours merged (what `preallocate` allocates). */
-    const data: { pos: number; length: number }[] = [];
-    for (let i = 0; i < map.chunks.length; i++) {
-      const c = map.chunks[i] ?? null;
-      const len = Math.min(map.chunkSize, map.size - i * map.chunkSize);
-      let pos = i * map.chunkSize;
-      for (const [b, from, length] of chunkExtents(c, len)) {
+    /**
+     * Where the bytes of chunks [from, to) come from: per blob, its pieces' [from, length, file position]
+     * (a whole chunk must match its length exactly); the zeros a device needs written; the data extents,
+     * neighbours merged (what `preallocate` allocates).
+     */
+    const plan = async (
+      from: number,
+      to: number,
+    ): Promise<{
+      targets: Map<BlobId, Target[]>;
+      zeros: { pos: number; length: number }[];
+      data: { pos: number; length: number }[];
+    }> => {
+      const targets = new Map<BlobId, Target[]>();
+      const zeros: { pos: number; length: number }[] = [];
+      const data: { pos: number; length: number }[] = [];
+      const entries = await map.entries(from, to, opts);
+      // No array per chunk (a window of small chunks plans ~16k of them): a whole chunk or a hole is one piece.
+      const piece = (b: BlobId | null, off: number, length: number, pos: number, whole: boolean): void => {
         if (b === null) {
           // A new file is all holes already; a device gets the zeros written.
           if (isDevice) zeros.push({ pos, length });
-        } else {
-          let list = targets.get(b);
-          if (!list) targets.set(b, (list = []));
-          list.push({ from, length, pos, whole: typeof c === 'string' });
-          const last = data[data.length - 1];
-          if (last && last.pos + last.length === pos) last.length += length;
-          else data.push({ pos, length });
+          return;
         }
-        pos += length;
+        const t: Target = { from: off, length, pos, whole };
+        const list = targets.get(b);
+        if (list) list.push(t);
+        else targets.set(b, [t]);
+        const last = data[data.length - 1];
+        if (last && last.pos + last.length === pos) last.length += length;
+        else data.push({ pos, length });
+      };
+      for (let i = from; i < to; i++) {
+        const c = entries[i - from] ?? null;
+        const len = map.chunkLength(i);
+        const start = i * map.chunkSize;
+        if (c === null || typeof c === 'string') {
+          piece(c, 0, len, start, c !== null);
+          continue;
+        }
+        let pos = start;
+        for (const [b, off, length] of c) {
+          piece(b, off, length, pos, false);
+          pos += length;
+        }
+        if (pos !== start + len)
+          throw new IntegrityError(
+            `chunk ${i} of image ${mapId}: extents cover ${pos - start} bytes, expected ${len}`,
+          );
       }
-      if (pos !== i * map.chunkSize + len)
-        throw new IntegrityError(
-          `chunk ${i} of image ${mapId}: extents cover ${pos - i * map.chunkSize} bytes, expected ${len}`,
-        );
-    }
-    if (d !== undefined && !isDevice && data.length > 0) prealloc = preallocate(tmp, data, opts.signal);
+      return { targets, zeros, data };
+    };
     // Buffered, one write at a time: parallel buffered writes to one file contend on its inode lock (the
     // kernel time of a 2 GiB restore more than doubled); with O_DIRECT two (the device takes both). Writes
     // queued meanwhile go out together: neighbours in the file as one pwritev of up to MERGE_BYTES (a run's
@@ -548,7 +616,16 @@ export async function restoreImage(
         // After a failure nothing more is written: the restore is unwinding and the buffers go back.
         if (writeFailed !== undefined) throw writeFailed;
         await writeGroup(group);
-        for (const w of group) w.done();
+        for (const w of group) {
+          res.bytesWritten += w.buf.length;
+          w.done();
+        }
+        opts.onProgress?.({
+          phase: 'restore',
+          bytesRead: res.bytesWritten,
+          bytesTotal: map.size,
+          bytesTransferred: res.bytesWritten,
+        });
       } catch (err) {
         writeFailed ??= err;
         for (const w of group) w.fail(err);
@@ -588,8 +665,10 @@ export async function restoreImage(
       }
       pumping = false;
     };
-    const writeAll = async (buf: Buffer, pos: number): Promise<void> => {
-      await new Promise<void>((done, fail) => {
+    // Not async, and progress once per group written: a restore of small chunks queues ~100k writes a second,
+    // and what each allocates (promises, frames, progress objects) became old-space garbage that grew the heap.
+    const writeAll = (buf: Buffer, pos: number): Promise<void> =>
+      new Promise<void>((done, fail) => {
         queue.push({ buf, pos, done, fail });
         // Started from a microtask: the other blobs of the run are queued in the same tick and get merged.
         if (!pumping) {
@@ -597,44 +676,63 @@ export async function restoreImage(
           queueMicrotask(() => void pump());
         }
       });
-      res.bytesWritten += buf.length;
-      opts.onProgress?.({
-        phase: 'restore',
-        bytesRead: res.bytesWritten,
-        bytesTotal: map.size,
-        bytesTransferred: res.bytesWritten,
-      });
+    const windowChunks = opts.windowChunks ?? WINDOW_CHUNKS;
+    // The next window is planned (its segments loaded) while this one loads.
+    const planFrom = (w: number): Promise<Awaited<ReturnType<typeof plan>>> | undefined => {
+      if (w >= map.chunks) return undefined;
+      const p = plan(w, Math.min(map.chunks, w + windowChunks));
+      p.catch(() => undefined); // awaited in turn (or dropped when the restore fails first)
+      return p;
     };
-    const onBlob = async (id: BlobId, plain: Buffer): Promise<void> => {
-      await Promise.all(
-        (targets.get(id) ?? []).map((t) => {
-          if (t.whole ? plain.length !== t.length : plain.length < t.from + t.length)
-            throw new IntegrityError(
+    let planned = planFrom(0);
+    for (let w = 0; w < map.chunks; w += windowChunks) {
+      const { targets, zeros, data } = (await planned)!;
+      planned = planFrom(w + windowChunks);
+      // A shell per window costs the main thread a fork (~20 ms at a restore's resident size): later windows
+      // only when they hold enough data to gain from it (a 4 GiB image of 4 KiB chunks has 64 windows).
+      const dataBytes = data.reduce((a, e) => a + e.length, 0);
+      if (d !== undefined && !isDevice && dataBytes > 0 && (w === 0 || dataBytes >= PREALLOC_MIN_WINDOW)) {
+        const before = prealloc;
+        prealloc = (async () => ((await before) ?? 0) + (await preallocate(tmp, data, opts.signal)))();
+      }
+      const write = (id: BlobId, plain: Buffer, t: Target): Promise<void> => {
+        if (t.whole ? plain.length !== t.length : plain.length < t.from + t.length)
+          return Promise.reject(
+            new IntegrityError(
               `blob ${id} of image ${mapId} has ${plain.length} bytes, the map needs ${t.whole ? t.length : t.from + t.length}`,
-            );
-          return writeAll(plain.subarray(t.from, t.from + t.length), t.pos);
-        }),
-      );
-    };
-    const ids = [...targets.keys()];
-    // 8 runs in flight (of up to 4 MiB each): the writer then finds more neighbouring chunks to merge
-    // (2 GiB compressible: ~950 writes and 1.6-2.0 s with 3 runs, ~500 writes and 1.4 s with 8).
-    if (reader.loadMany) await reader.loadMany(ids, onBlob, { signal: opts.signal, runsInFlight: 8 });
-    else {
-      let next = 0;
-      const worker = async (): Promise<void> => {
-        while (next < ids.length) {
-          throwIfAborted(opts.signal);
-          const id = ids[next++]!;
-          await onBlob(id, await reader.loadBlob(id, { signal: opts.signal, verify: false }));
-        }
+            ),
+          );
+        return writeAll(
+          t.from === 0 && t.length === plain.length ? plain : plain.subarray(t.from, t.from + t.length),
+          t.pos,
+        );
       };
-      await Promise.all(Array.from({ length: LOADS_AHEAD }, worker));
-    }
-    const zero = Buffer.alloc(map.chunkSize);
-    for (const z of zeros) {
-      throwIfAborted(opts.signal);
-      await writeAll(zero.subarray(0, z.length), z.pos);
+      const onBlob = (id: BlobId, plain: Buffer): Promise<void> => {
+        const ts = targets.get(id);
+        if (ts === undefined) return Promise.resolve();
+        if (ts.length === 1) return write(id, plain, ts[0]!);
+        return Promise.all(ts.map((t) => write(id, plain, t))).then(() => undefined);
+      };
+      const ids = [...targets.keys()];
+      // 8 runs in flight (of up to 4 MiB each): the writer then finds more neighbouring chunks to merge
+      // (2 GiB compressible: ~950 writes and 1.6-2.0 s with 3 runs, ~500 writes and 1.4 s with 8).
+      if (reader.loadMany) await reader.loadMany(ids, onBlob, { signal: opts.signal, runsInFlight: 8 });
+      else {
+        let next = 0;
+        const worker = async (): Promise<void> => {
+          while (next < ids.length) {
+            throwIfAborted(opts.signal);
+            const id = ids[next++]!;
+            await onBlob(id, await reader.loadBlob(id, { signal: opts.signal, verify: false }));
+          }
+        };
+        await Promise.all(Array.from({ length: LOADS_AHEAD }, worker));
+      }
+      for (const z of zeros) {
+        throwIfAborted(opts.signal);
+        zero ??= Buffer.alloc(map.chunkSize);
+        await writeAll(zero.subarray(0, z.length), z.pos);
+      }
     }
     res.bytesPreallocated = (await prealloc) ?? 0;
     await direct?.close();
