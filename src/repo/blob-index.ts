@@ -25,6 +25,8 @@ export class BlobIndex {
   private table = new Uint32Array(0);
   private mask = 0;
   readonly packIds: string[] = [];
+  /** numberOf's id bytes. */
+  private readonly scratch = Buffer.alloc(32);
   private readonly packNo = new Map<string, number>();
 
   constructor(initial = 1024) {
@@ -165,6 +167,42 @@ export class BlobIndex {
     this.raws[i] = rawLength;
     this.flags[i] = flags;
     this.place(i);
+  }
+
+  /** Entry number (0 ≤ i < size, in the order added) of the blob with this hex id, or -1. */
+  numberOf(hexId: string): number {
+    if (hexId.length !== 64 || this.scratch.write(hexId, 0, 32, 'hex') !== 32) return -1;
+    return this.find(this.scratch);
+  }
+
+  /** Pack number of entry i. */
+  packAt(i: number): number {
+    return this.packs[i]!;
+  }
+
+  /** Stored (sealed) length of entry i. */
+  lengthAt(i: number): number {
+    return this.lengths[i]!;
+  }
+
+  /** Entry i encoded as in an index object (the inverse of addEncoded), at `at` of `out`. */
+  encodeAt(i: number, out: Buffer, at: number): void {
+    const f = this.flags[i]!;
+    out[at] = f & 1;
+    out[at + 1] = f >> 1;
+    out.set(this.ids.subarray(i * 32, i * 32 + 32), at + 2);
+    out.writeUInt32LE(this.offsets[i]!, at + 34);
+    out.writeUInt32LE(this.lengths[i]!, at + 38);
+    out.writeUInt32LE(this.raws[i]!, at + 42);
+  }
+
+  /** Hex id, type and raw length of entry i. */
+  blobAt(i: number): { id: string; type: number; rawLength: number } {
+    return {
+      id: Buffer.from(this.ids.buffer, this.ids.byteOffset + i * 32, 32).toString('hex'),
+      type: this.flags[i]! & 1,
+      rawLength: this.raws[i]!,
+    };
   }
 
   *entries(): Generator<[Uint8Array, BlobEntry]> {

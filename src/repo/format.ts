@@ -100,25 +100,6 @@ export function scanIndex(
   }
 }
 
-export function decodeIndex(buf: Buffer, what: string): IndexPack[] {
-  const packs: IndexPack[] = [];
-  scanIndex(buf, what, (packId, at, n) => {
-    const blobs: PackBlob[] = [];
-    for (let i = 0, o = at; i < n; i++, o += INDEX_ENTRY) {
-      blobs.push({
-        type: buf[o]!,
-        comp: buf[o + 1]!,
-        id: buf.subarray(o + 2, o + 34),
-        offset: buf.readUInt32LE(o + 34),
-        length: buf.readUInt32LE(o + 38),
-        rawLength: buf.readUInt32LE(o + 42),
-      });
-    }
-    packs.push({ packId, blobs });
-  });
-  return packs;
-}
-
 export function packKey(packId: string): string {
   return `data/${packId.slice(0, 2)}/${packId}`;
 }

@@ -43,7 +43,6 @@ import {
   type MasterKey,
 } from './crypto.ts';
 import {
-  decodeIndex,
   encodeIndex,
   encodePackHeader,
   INDEX_ENTRY,
@@ -361,23 +360,27 @@ export class Repository implements BlobReader {
     const files = objects.map(([f]) => f);
     // Each entry takes INDEX_ENTRY bytes of an index object: the objects' sizes bound the number of blobs, so
     // the index is allocated once, at about its size (grown as it filled, it ended up to twice as large).
-    const overhead = NONCE_LEN + TAG_LEN + INDEX_MAGIC.length;
-    let bound = 0;
-    for (const [, raw] of objects) bound += Math.max(0, Math.floor((raw.length - overhead) / INDEX_ENTRY));
-    index.reserve(bound);
-    for (const [f, raw] of objects) {
-      const plain = openObject(this.key.encKey, 'index', raw, f);
-      scanIndex(plain, f, (packId, at, n) => {
-        const pn = index.packNumber(packId);
-        for (let i = 0; i < n; i++) index.addEncoded(plain, at + i * INDEX_ENTRY, pn);
-      });
-    }
+    index.reserve(this.indexEntriesBound(objects.map(([, raw]) => raw.length)));
+    for (const [f, raw] of objects) this.addIndexObject(index, raw, f);
     this.index = index;
     this.indexFiles = files;
   }
 
-  decodeIndexObject(raw: Buffer, what: string): IndexPack[] {
-    return decodeIndex(openObject(this.key.encKey, 'index', raw, what), what);
+  /** Adds the entries of the sealed index object `raw` (named `what` in errors) to `index`. */
+  addIndexObject(index: BlobIndex, raw: Buffer, what: string): void {
+    const plain = openObject(this.key.encKey, 'index', raw, what);
+    scanIndex(plain, what, (packId, at, n) => {
+      const pn = index.packNumber(packId);
+      for (let i = 0; i < n; i++) index.addEncoded(plain, at + i * INDEX_ENTRY, pn);
+    });
+  }
+
+  /** Upper bound of the entries in sealed index objects of these sizes (for BlobIndex.reserve). */
+  indexEntriesBound(sizes: Iterable<number>): number {
+    const overhead = NONCE_LEN + TAG_LEN + INDEX_MAGIC.length;
+    let bound = 0;
+    for (const size of sizes) bound += Math.max(0, Math.floor((size - overhead) / INDEX_ENTRY));
+    return bound;
   }
 
   addPackToIndex(index: BlobIndex, p: IndexPack): void {
@@ -394,8 +397,13 @@ export class Repository implements BlobReader {
   }
 
   async writeIndex(packs: IndexPack[], opts: RunOptions = {}): Promise<string> {
+    return this.writeIndexPlain(encodeIndex(packs), opts);
+  }
+
+  /** Seals and stores an index object already encoded (format.ts `encodeIndex`). */
+  async writeIndexPlain(plain: Buffer, opts: RunOptions = {}): Promise<string> {
     const key = `index/${newId()}`;
-    await this.store.put(key, sealObject(this.key.encKey, 'index', encodeIndex(packs)), opts);
+    await this.store.put(key, sealObject(this.key.encKey, 'index', plain), opts);
     this.indexFiles.push(key);
     return key;
   }

@@ -465,6 +465,93 @@ test('a malformed image map or segment is an IntegrityError naming it', async ()
   }
 });
 
+test('prune: unused packs are deleted, sparse ones repacked, kept ones still list their unused blobs; a dry run changes nothing', async () => {
+  const dir = tmp();
+  try {
+    const store = new LocalStore(path.join(dir, 'repo'));
+    const repo = await Repository.init(store, 'pw', { kdf: FAST_KDF });
+    const C = 64 * 1024;
+    const images = new Map<string, { map: string; data: Buffer }>();
+    // One session per group, its images backed up before any snapshot is saved (which flushes the pack): each
+    // group's blobs share a pack.
+    const ids = new Map<string, string>();
+    const groups: [string, number][][] = [
+      [
+        ['y', 12],
+        ['z', 4],
+      ],
+      [['w', 4]],
+      [['v', 2]],
+      [
+        ['u1', 1],
+        ['u2', 7],
+      ],
+    ];
+    for (const group of groups) {
+      const s = await repo.startBackup();
+      for (const [name, chunks] of group) {
+        const data = crypto.randomBytes(chunks * C);
+        const img = path.join(dir, name);
+        fs.writeFileSync(img, data);
+        const r = await backupImage(s, img, { chunkSize: C });
+        images.set(name, { map: r.map, data });
+      }
+      for (const [name] of group) {
+        const { map, data } = images.get(name)!;
+        const m = await s.saveSnapshot({
+          paths: [path.join(dir, name)],
+          tags: [name],
+          root: { kind: 'image', map, size: data.length },
+          summary: { bytesRead: 0, bytesAdded: 0, durationMs: 0 },
+        });
+        ids.set(name, m.id);
+      }
+      await s.close();
+    }
+    const chunkIds = async (name: string): Promise<string[]> =>
+      (await loadImageMap(repo, images.get(name)!.map)).chunks as string[];
+    const [z = [], v = [], u1 = [], u2 = []] = await Promise.all(['z', 'v', 'u1', 'u2'].map(chunkIds));
+    // z, v and u2 are forgotten: v's pack is unused, u1's is 1/8 used (repacked), z's is 3/4 used (kept).
+    for (const name of ['z', 'v', 'u2']) await store.delete(`snapshots/${ids.get(name)}`);
+    const files = (): string[] =>
+      fs.readdirSync(path.join(dir, 'repo'), { recursive: true }).map(String).sort();
+    const before = files();
+    const dry = await prune(repo, { dryRun: true });
+    assert.deepEqual(files(), before, 'a dry run changes nothing');
+    await repo.loadIndex();
+    const p = await prune(repo);
+    assert.equal(p.dryRun, false);
+    for (const k of ['packsDeleted', 'packsRepacked', 'blobsRemoved', 'bytesFreed'] as const)
+      assert.equal(p[k], dry[k], `dry run and prune agree on ${k}`);
+    assert.ok(p.packsDeleted >= 1 && p.packsRepacked >= 1, JSON.stringify(p));
+    assert.ok(p.blobsRemoved >= 4 + 2 + 7, JSON.stringify(p));
+    assert.ok(
+      z.every((id) => repo.hasBlob(id)),
+      "the kept pack still lists z's blobs",
+    );
+    assert.ok(!v.some((id) => repo.hasBlob(id)), "v's pack is gone");
+    assert.ok(
+      u1.every((id) => repo.hasBlob(id)) && !u2.some((id) => repo.hasBlob(id)),
+      'u1 repacked, u2 gone',
+    );
+    assert.equal(
+      fs.readdirSync(path.join(dir, 'repo', 'index')).length,
+      2,
+      'the kept packs and the repacked one',
+    );
+    for (const name of ['y', 'w', 'u1']) {
+      const out = path.join(dir, `out-${name}`);
+      await restoreImage(repo, images.get(name)!.map, out);
+      assert.ok(fs.readFileSync(out).equals(images.get(name)!.data), name);
+    }
+    const check = await verify(repo, { readData: true });
+    assert.equal(check.errors.length, 0, JSON.stringify(check.errors));
+    await repo.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('locks: prune is refused while a backup holds a lock; stale locks are cleared', async () => {
   const dir = tmp();
   try {
