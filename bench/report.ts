@@ -56,6 +56,7 @@ export const SCENARIO_LABELS: Record<string, string> = {
   overwrite: 'random file, 1% scattered overwrite',
   compressible: 'compressible text file',
   tree: 'small-file tree',
+  chunks: 'random image, 4 KiB chunks',
 };
 
 export const OP_LABELS: Record<string, string> = {

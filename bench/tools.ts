@@ -15,6 +15,8 @@ export interface BackupOptions {
   parent?: string;
   /** JSON file of changed byte ranges since the parent (Tern only). */
   rangesFile?: string;
+  /** Image chunk size in bytes (Tern only). */
+  chunkSize?: number;
 }
 
 export interface Tool {
@@ -99,6 +101,7 @@ export class TernTool implements Tool {
     const args = ['backup', source, '--repo', repo, '--json'];
     if (opts.parent) args.push('--parent', opts.parent);
     if (opts.rangesFile) args.push('--changed-ranges', opts.rangesFile);
+    if (opts.chunkSize) args.push('--chunk-size', String(opts.chunkSize));
     return this.spec(args);
   }
 

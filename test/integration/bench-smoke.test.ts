@@ -145,6 +145,9 @@ test('npm run bench end to end against Tern at a tiny size: every row ok, restor
   };
   const ops = result.rows.map((r) => `${r.scenario}/${r.op}`).sort();
   assert.deepEqual(ops, [
+    'chunks/backup',
+    'chunks/incremental-ranges',
+    'chunks/restore-ranges',
     'compressible/backup',
     'compressible/restore',
     'overwrite/incremental',
@@ -169,6 +172,11 @@ test('npm run bench end to end against Tern at a tiny size: every row ok, restor
   }
   assert.match(res.stdout, /The device alone .*random file \d+\.\d\d s .*compressible text file \d+\.\d\d s/);
   assert.match(res.stdout, /\| random file \(6\.0 MiB\) \| full backup \| tern \|/);
+  // Twice --size in 4 KiB chunks.
+  assert.match(
+    res.stdout,
+    /\| random image, 4 KiB chunks \(12\.0 MiB in 3072 chunks\) \| full backup \| tern \|/,
+  );
   assert.deepEqual(
     (await readdir(dir)).filter((f) => f.startsWith('tern-bench-')),
     [],
