@@ -169,6 +169,11 @@ export interface TreeBlob {
   };
   /** Root tree only: metadata of the backed-up directory itself (name ''). */
   self?: TreeNode;
+  /**
+   * A directory listing too long for one blob is stored in parts (tree/FORMAT.md): their blob ids, in order.
+   * Set on what a reader loaded (the parts' nodes are then in `nodes`), for the walk that keeps blobs alive.
+   */
+  parts?: BlobId[];
 }
 
 /** Chunk map of a block image (stored as a 'tree' blob). */

@@ -11,7 +11,18 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { IntegrityError } from '../../src/core/index.ts';
-import { restoreTree } from '../../src/repo/tree/index.ts';
+import { Repository, verify } from '../../src/repo/index.ts';
+import {
+  backupTree,
+  decodeTree,
+  encodeTree,
+  encodeTreeParts,
+  listTree,
+  loadTree,
+  restoreTree,
+  walkTree,
+} from '../../src/repo/tree/index.ts';
+import { LocalStore } from '../../src/storage/index.ts';
 import type { ObjectStore, RangeReader } from '../../src/storage/index.ts';
 import { backedUp, buildFixture, describeTree, isRoot } from './tree-fixtures.ts';
 
@@ -266,4 +277,140 @@ test('a damaged pack fails the restore with an error naming it; what shows is co
     fs.readdirSync(dst).filter((n) => n.startsWith(TEMP)),
     [],
   );
+});
+
+test('a directory listing longer than the part size is stored in parts: restore, ls, incremental and the blob walk see it whole', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-parts-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const src = path.join(dir, 'src');
+  buildFixture(src, 1);
+  // 300 files in the root (its listing, with chunker and self, is split) and 600 in one directory.
+  for (let i = 0; i < 300; i++)
+    fs.writeFileSync(path.join(src, `root-${String(i).padStart(4, '0')}`), `r${i}`);
+  fs.mkdirSync(path.join(src, 'wide'));
+  for (let i = 0; i < 600; i++)
+    fs.writeFileSync(path.join(src, 'wide', `entry-${String(i).padStart(4, '0')}.txt`), randomBytes(i % 50));
+  const store = new LocalStore(path.join(dir, 'repo'));
+  await (await Repository.init(store, 'pw', { kdf: { N: 1024, r: 8, p: 1 } })).close();
+  const repo = await Repository.open(store, 'pw');
+  t.after(() => repo.close());
+  const PART = 8192;
+  const backup = async (parentTree?: string): Promise<{ tree: string; bytesAdded: number }> => {
+    const session = await repo.startBackup();
+    const r = await backupTree(session, src, { reader: repo, parentTree, treePartBytes: PART });
+    await session.saveSnapshot({
+      paths: [src],
+      tags: [],
+      root: { kind: 'tree', tree: r.tree },
+      summary: { bytesRead: 0, bytesAdded: 0, durationMs: 0 },
+    });
+    await session.close();
+    return { tree: r.tree, bytesAdded: r.stats.bytesAdded };
+  };
+  const first = await backup();
+  const head = decodeTree(first.tree, await repo.loadBlob(first.tree));
+  assert.ok(head.parts && head.parts.length >= 2, 'the root listing is in parts');
+  assert.ok(head.chunker && head.self, 'the head keeps chunker and self');
+  for (const p of head.parts)
+    assert.ok((await repo.loadBlob(p)).length <= PART, `part ${p} within the part size`);
+  const root = await loadTree(repo, first.tree);
+  const wide = root.nodes.find((n) => n.name === 'wide')!;
+  const wideHead = decodeTree(wide.subtree!, await repo.loadBlob(wide.subtree!));
+  assert.ok((wideHead.parts?.length ?? 0) >= 5, 'the 600-entry directory is in parts');
+
+  const dst = path.join(dir, 'dst');
+  await restoreTree(repo, first.tree, dst);
+  assert.deepEqual(describeTree(dst), describeTree(src));
+  const listed: string[] = [];
+  for await (const e of listTree(repo, first.tree, { recursive: true })) listed.push(e.path);
+  assert.deepEqual(listed.sort(), [...describeTree(src).keys()].filter((k) => k !== '').sort());
+  // The walk that keeps blobs alive (prune, verify) visits every part.
+  const visited = new Set<string>();
+  await walkTree(repo, first.tree, (id) => visited.add(id));
+  for (const p of [...head.parts, ...wideHead.parts!]) assert.ok(visited.has(p), `part ${p} visited`);
+
+  // Unchanged: the same tree, no new tree blob. One file changed: the directory's new listing restores.
+  const again = await backup(first.tree);
+  assert.equal(again.tree, first.tree);
+  assert.equal(again.bytesAdded, 0);
+  fs.writeFileSync(path.join(src, 'wide', 'entry-0300.txt'), 'changed');
+  const changed = await backup(first.tree);
+  assert.notEqual(changed.tree, first.tree);
+  const dst2 = path.join(dir, 'dst2');
+  await restoreTree(repo, changed.tree, dst2);
+  assert.deepEqual(describeTree(dst2), describeTree(src));
+  const v = await verify(repo, { readData: true });
+  assert.equal(v.errors.length, 0, JSON.stringify(v.errors));
+});
+
+test('a listing in parts with a name in two parts, or a part that is itself a head, is an IntegrityError', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-parts-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const store = new LocalStore(path.join(dir, 'repo'));
+  await (await Repository.init(store, 'pw', { kdf: { N: 1024, r: 8, p: 1 } })).close();
+  const repo = await Repository.open(store, 'pw');
+  t.after(() => repo.close());
+  const session = await repo.startBackup();
+  const save = async (j: unknown): Promise<string> =>
+    (await session.saveBlob('tree', Buffer.from(JSON.stringify(j)))).id;
+  const node = (name: string) => ({
+    name,
+    type: 'symlink',
+    mode: 0o777,
+    uid: 0,
+    gid: 0,
+    mtimeMs: 0,
+    linkTarget: 'x',
+  });
+  const a = await save({ nodes: [node('a'), node('b')] });
+  const b = await save({ nodes: [node('b'), node('c')] });
+  const dup = await save({ parts: [a, b] });
+  const nested = await save({ parts: [await save({ parts: [a] })] });
+  await session.flush();
+  await session.close();
+  for (const [id, why] of [
+    [dup, /duplicate name b/],
+    [nested, /not a plain listing/],
+  ] as const)
+    await assert.rejects(
+      restoreTree(repo, id, path.join(dir, `out-${id.slice(0, 6)}`)),
+      (err: unknown) => err instanceof IntegrityError && why.test(err.message) && err.message.includes(id),
+    );
+});
+
+test('encodeTreeParts: a listing that fits is byte for byte the one blob encodeTree makes; parts join back to it', () => {
+  const node = (name: string, extra: object = {}) => ({
+    name,
+    type: 'file' as const,
+    mode: 0o644,
+    uid: 1,
+    gid: 2,
+    mtimeMs: 1.5,
+    size: 3,
+    content: ['a'.repeat(64)],
+    ...extra,
+  });
+  const nodes = Array.from({ length: 200 }, (_, i) =>
+    node(`n-${(i * 7919) % 200}-é`, i % 3 ? {} : { linkGroup: '1:2' }),
+  );
+  const chunker = { seed: 's', algorithm: 'fastcdc', normalization: 2, maxSize: 3, avgSize: 2, minSize: 1 };
+  const self = { ...node(''), type: 'dir' as const };
+  for (const tree of [{ nodes }, { nodes, chunker, self }, { nodes: [] }]) {
+    const whole = encodeTree(tree);
+    const enc = encodeTreeParts(tree);
+    assert.ok('whole' in enc && enc.whole.equals(whole));
+    const split = encodeTreeParts(tree, 2000);
+    if (tree.nodes.length === 0) continue;
+    assert.ok('parts' in split && split.parts.length > 5);
+    const joined = split.parts.flatMap((p) => (JSON.parse(p.toString()) as { nodes: unknown[] }).nodes);
+    const all = JSON.parse(whole.toString()) as { nodes: unknown[]; chunker?: unknown; self?: unknown };
+    assert.deepEqual(joined, all.nodes);
+    for (const p of split.parts.slice(0, -1)) assert.ok(p.length <= 2000);
+    const head = JSON.parse(split.head(['x']).toString()) as Record<string, unknown>;
+    assert.deepEqual(
+      Object.keys(head),
+      Object.keys(all).map((k) => (k === 'nodes' ? 'parts' : k)),
+    );
+    assert.deepEqual(head.chunker, all.chunker);
+  }
 });

@@ -23,7 +23,7 @@ import {
 } from '../api.ts';
 import { FastCdc } from './chunker.ts';
 import type { ChunkerParams } from './chunker.ts';
-import { compareNames, decodeTree, encodeTree } from './codec.ts';
+import { compareNames, decodeTree, encodeTreeParts, resolveParts } from './codec.ts';
 import { ExcludeMatcher } from './exclude.ts';
 import { errnoOf, fsError } from './fserrors.ts';
 import { Semaphore } from './limit.ts';
@@ -39,6 +39,8 @@ export interface TreeBackupOptions extends RunOptions {
   fileConcurrency?: number;
   /** Files larger than one chunk read at once; default 2. */
   largeFileConcurrency?: number;
+  /** A directory listing longer than this is stored in parts (default TREE_PART_BYTES; tests use less). */
+  treePartBytes?: number;
 }
 
 export interface TreeBackupStats {
@@ -251,8 +253,9 @@ class TreeBackup {
     if (id === undefined) return undefined;
     const reader = this.opts.reader;
     if (!reader) throw new InputError('an incremental tree backup needs a reader for the parent tree');
-    const data = await this.treeLoadSem.run(() => reader.loadBlob(id, { signal: this.signal }));
-    return decodeTree(id, data);
+    const load = (blob: BlobId): Promise<Buffer> =>
+      this.treeLoadSem.run(() => reader.loadBlob(blob, { signal: this.signal }));
+    return resolveParts(id, decodeTree(id, await load(id)), load);
   }
 
   /** Runs every child and fails as a group, after all of them have settled. */
@@ -328,10 +331,16 @@ class TreeBackup {
       tasks.push(this.backupEntry(path.join(abs, name), childRel, name, parentNodes.get(name)));
     }
     const nodes = (await this.settle(tasks)).filter((n): n is TreeNode => n !== undefined);
-    const blob = encodeTree({ ...extra, nodes });
-    const saved = await this.writer.saveBlob('tree', blob, { signal: this.signal });
-    this.stats.bytesAdded += saved.storedBytes;
-    return saved.id;
+    const enc = encodeTreeParts({ ...extra, nodes }, this.opts.treePartBytes);
+    const save = async (blob: Buffer): Promise<BlobId> => {
+      const saved = await this.writer.saveBlob('tree', blob, { signal: this.signal });
+      this.stats.bytesAdded += saved.storedBytes;
+      return saved.id;
+    };
+    if ('whole' in enc) return save(enc.whole);
+    const partIds: BlobId[] = [];
+    for (const part of enc.parts) partIds.push(await save(part));
+    return save(enc.head(partIds));
   }
 
   private async backupEntry(

@@ -48,20 +48,64 @@ export function canonicalNode(n: TreeNode): TreeNode {
   return out as unknown as TreeNode;
 }
 
+/**
+ * A listing whose JSON is longer than this is stored as parts of at most this size (a directory of ~300k
+ * entries made a listing over the 64 MiB blob limit, and its backup failed).
+ */
+export const TREE_PART_BYTES = 16 * 1024 * 1024;
+
+/**
+ * The blobs of a tree: `whole`, the one blob (`encodeTree`), or, when that would be longer than `maxBytes`,
+ * `parts` (each `{"nodes":[...]}` with a run of the sorted nodes, at most `maxBytes` unless one node alone is
+ * longer) and the `head` that lists their ids with the root's `chunker` and `self`.
+ */
+export function encodeTreeParts(
+  tree: TreeBlob,
+  maxBytes = TREE_PART_BYTES,
+): { whole: Buffer } | { parts: Buffer[]; head: (partIds: BlobId[]) => Buffer } {
+  // Each node's JSON once: the whole blob is the same bytes as encodeTree's (JSON.stringify nests), and a
+  // long listing is not first built whole (at 393k entries that was 2 x 87 MB more).
+  const nodes = [...tree.nodes]
+    .sort((a, b) => compareNames(a.name, b.name))
+    .map((n) => JSON.stringify(canonicalNode(n)));
+  const prefix = tree.chunker ? `{"chunker":${JSON.stringify(canonicalChunker(tree.chunker))},` : '{';
+  const suffix = tree.self ? `,"self":${JSON.stringify(canonicalNode(tree.self))}}` : '}';
+  let total = prefix.length + '"nodes":[]'.length + suffix.length;
+  for (const json of nodes) total += Buffer.byteLength(json, 'utf8') + 1;
+  if (total <= maxBytes)
+    return { whole: Buffer.from(`${prefix}"nodes":[${nodes.join(',')}]${suffix}`, 'utf8') };
+  const parts: Buffer[] = [];
+  const frame = '{"nodes":[]}'.length;
+  for (let i = 0; i < nodes.length;) {
+    let size = frame;
+    let j = i;
+    // At least one node per part, even one longer than maxBytes alone.
+    do size += Buffer.byteLength(nodes[j]!, 'utf8') + 1;
+    while (++j < nodes.length && size + Buffer.byteLength(nodes[j]!, 'utf8') + 1 <= maxBytes);
+    parts.push(Buffer.from(`{"nodes":[${nodes.slice(i, j).join(',')}]}`, 'utf8'));
+    i = j;
+  }
+  const head = (partIds: BlobId[]): Buffer =>
+    Buffer.from(`${prefix}"parts":${JSON.stringify(partIds)}${suffix}`, 'utf8');
+  return { parts, head };
+}
+
+/** The root's chunker parameters with their keys in one fixed order. */
+function canonicalChunker(c: NonNullable<TreeBlob['chunker']>): TreeBlob['chunker'] {
+  return {
+    algorithm: c.algorithm,
+    minSize: c.minSize,
+    avgSize: c.avgSize,
+    maxSize: c.maxSize,
+    normalization: c.normalization,
+    seed: c.seed,
+  };
+}
+
 export function encodeTree(tree: TreeBlob): Buffer {
   const nodes = [...tree.nodes].sort((a, b) => compareNames(a.name, b.name)).map(canonicalNode);
   const out: Record<string, unknown> = {};
-  if (tree.chunker) {
-    const c = tree.chunker;
-    out.chunker = {
-      algorithm: c.algorithm,
-      minSize: c.minSize,
-      avgSize: c.avgSize,
-      maxSize: c.maxSize,
-      normalization: c.normalization,
-      seed: c.seed,
-    };
-  }
+  if (tree.chunker) out.chunker = canonicalChunker(tree.chunker);
   out.nodes = nodes;
   if (tree.self) out.self = canonicalNode(tree.self);
   return Buffer.from(JSON.stringify(out), 'utf8');
@@ -135,7 +179,22 @@ export function decodeTree(id: BlobId, data: Buffer): TreeBlob {
     throw new IntegrityError(`tree blob ${id} is not valid JSON`, { cause, details: { blob: id } });
   }
   if (typeof parsed !== 'object' || parsed === null) bad(id, 'not an object');
-  const raw = parsed as { nodes?: unknown; self?: unknown; chunker?: TreeBlob['chunker'] };
+  const raw = parsed as { nodes?: unknown; parts?: unknown; self?: unknown; chunker?: TreeBlob['chunker'] };
+  if (raw.parts !== undefined) {
+    // A listing in parts: the head names them; `resolveParts` loads them.
+    if (raw.nodes !== undefined) bad(id, 'both nodes and parts');
+    const parts = raw.parts;
+    if (
+      !Array.isArray(parts) ||
+      parts.length === 0 ||
+      !parts.every((p) => typeof p === 'string' && BLOB_ID.test(p))
+    )
+      bad(id, 'bad part list');
+    const head: TreeBlob = { nodes: [], parts: parts as BlobId[] };
+    if (raw.chunker !== undefined) head.chunker = raw.chunker;
+    if (raw.self !== undefined) head.self = checkNode(id, raw.self, true);
+    return head;
+  }
   if (!Array.isArray(raw.nodes)) bad(id, 'no node list');
   const nodes = raw.nodes.map((n) => checkNode(id, n, false));
   const names = new Set<string>();
@@ -147,4 +206,29 @@ export function decodeTree(id: BlobId, data: Buffer): TreeBlob {
   if (raw.chunker !== undefined) tree.chunker = raw.chunker;
   if (raw.self !== undefined) tree.self = checkNode(id, raw.self, true);
   return tree;
+}
+
+/**
+ * The whole listing of a tree blob already decoded: a head's parts loaded with `load` (each a plain listing)
+ * and their nodes joined, which must continue each other in name order. Other trees are returned as they are.
+ */
+export async function resolveParts(
+  id: BlobId,
+  tree: TreeBlob,
+  load: (partId: BlobId) => Promise<Buffer>,
+): Promise<TreeBlob> {
+  if (!tree.parts) return tree;
+  const nodes: TreeNode[] = [];
+  const names = new Set<string>();
+  for (const partId of tree.parts) {
+    const part = decodeTree(partId, await load(partId));
+    if (part.parts || part.self || part.chunker) bad(id, `part ${partId} is not a plain listing`);
+    if (part.nodes.length === 0) bad(id, `part ${partId} is empty`);
+    for (const n of part.nodes) {
+      if (names.has(n.name)) bad(id, `duplicate name ${n.name} in part ${partId}`);
+      names.add(n.name);
+      nodes.push(n);
+    }
+  }
+  return { ...tree, nodes };
 }

@@ -7,4 +7,4 @@ export { listTree, walkTree, loadTree, modeString } from './list.ts';
 export type { ListOptions } from './list.ts';
 export { FastCdc, cdcChunks, DEFAULT_CHUNKER_PARAMS } from './chunker.ts';
 export type { ChunkerParams } from './chunker.ts';
-export { encodeTree, decodeTree } from './codec.ts';
+export { encodeTree, encodeTreeParts, decodeTree, resolveParts, TREE_PART_BYTES } from './codec.ts';

@@ -2,10 +2,12 @@
 import { NotFoundError, throwIfAborted } from '../../core/base.ts';
 import type { RunOptions } from '../../core/base.ts';
 import type { BlobId, BlobReader, TreeBlob, TreeNode } from '../api.ts';
-import { decodeTree } from './codec.ts';
+import { decodeTree, resolveParts } from './codec.ts';
 
+/** A tree blob and, for a listing in parts, its parts (their ids in `parts`). */
 export async function loadTree(reader: BlobReader, id: BlobId, opts?: RunOptions): Promise<TreeBlob> {
-  return decodeTree(id, await reader.loadBlob(id, opts));
+  const load = (blob: BlobId): Promise<Buffer> => reader.loadBlob(blob, opts);
+  return resolveParts(id, decodeTree(id, await load(id)), load);
 }
 
 export interface ListOptions {
@@ -74,6 +76,7 @@ export async function walkTree(
     for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
       throwIfAborted(opts.signal);
       const t = await loadTree(reader, id, { signal: opts.signal });
+      for (const p of t.parts ?? []) visit(p, 'tree');
       for (const node of t.nodes) {
         if (node.content) for (const c of node.content) if (c !== null) visit(c, 'data');
         if (node.type === 'dir' && node.subtree && !seen.has(node.subtree)) {
