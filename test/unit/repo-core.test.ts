@@ -29,6 +29,24 @@ function tmp(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'tern-repo-'));
 }
 
+/** A new repository in a temporary directory for `fn`; both are removed afterwards. */
+async function inNewRepo(
+  fn: (repo: Repository, dir: string, store: LocalStore) => Promise<void>,
+): Promise<void> {
+  const dir = tmp();
+  try {
+    const store = new LocalStore(path.join(dir, 'repo'));
+    const repo = await Repository.init(store, 'pw', { kdf: FAST_KDF });
+    try {
+      await fn(repo, dir, store);
+    } finally {
+      await repo.close();
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 test('BlobIndex stores 200k ids compactly and finds every one', () => {
   const idx = new BlobIndex();
   const ids: Buffer[] = [];
@@ -325,10 +343,7 @@ test('image backup: chains of changed-ranges incrementals as extents restore exa
 });
 
 test('image maps in segments: untouched segments keep their ids, zero segments are one blob, restores in windows; a map in one blob still reads', async () => {
-  const dir = tmp();
-  try {
-    const store = new LocalStore(path.join(dir, 'repo'));
-    const repo = await Repository.init(store, 'pw', { kdf: FAST_KDF });
+  await inNewRepo(async (repo, dir) => {
     const img = path.join(dir, 'img');
     const C = 4096;
     const S = 4; // chunk entries per segment
@@ -427,17 +442,11 @@ test('image maps in segments: untouched segments keep their ids, zero segments a
     await restoresTo(r5.map, shrunk, 'out7');
     const v = await verify(repo, { readData: true });
     assert.equal(v.errors.length, 0, JSON.stringify(v.errors));
-    await repo.close();
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('a malformed image map or segment is an IntegrityError naming it', async () => {
-  const dir = tmp();
-  try {
-    const store = new LocalStore(path.join(dir, 'repo'));
-    const repo = await Repository.init(store, 'pw', { kdf: FAST_KDF });
+  await inNewRepo(async (repo, dir) => {
     const s = await repo.startBackup();
     const save = async (j: unknown): Promise<string> =>
       (await s.saveBlob('tree', Buffer.from(JSON.stringify(j)))).id;
@@ -459,17 +468,11 @@ test('a malformed image map or segment is an IntegrityError naming it', async ()
         what,
       );
     assert.equal(fs.readdirSync(dir).filter((f) => f.startsWith('out') || f.includes('partial')).length, 0);
-    await repo.close();
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('prune: unused packs are deleted, sparse ones repacked, kept ones still list their unused blobs; a dry run changes nothing', async () => {
-  const dir = tmp();
-  try {
-    const store = new LocalStore(path.join(dir, 'repo'));
-    const repo = await Repository.init(store, 'pw', { kdf: FAST_KDF });
+  await inNewRepo(async (repo, dir, store) => {
     const C = 64 * 1024;
     const images = new Map<string, { map: string; data: Buffer }>();
     // One session per group, its images backed up before any snapshot is saved (which flushes the pack): each
@@ -546,10 +549,7 @@ test('prune: unused packs are deleted, sparse ones repacked, kept ones still lis
     }
     const check = await verify(repo, { readData: true });
     assert.equal(check.errors.length, 0, JSON.stringify(check.errors));
-    await repo.close();
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('locks: prune is refused while a backup holds a lock; stale locks are cleared', async () => {
