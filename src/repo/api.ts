@@ -143,6 +143,11 @@ export interface TreeNode {
   /** file: ordered chunk list; a null entry is a hole (sparse) of `holeSizes[i]` bytes. */
   content?: (BlobId | null)[];
   holeSizes?: number[];
+  /**
+   * file with a chunk list too long for its listing (tree/FORMAT.md): the blobs that hold `content` and
+   * `holeSizes` in runs. Readers load them into `content`/`holeSizes` and keep this for the blob walk.
+   */
+  contentParts?: BlobId[];
   /** dir: id of the subtree blob. */
   subtree?: BlobId;
   linkTarget?: string;

@@ -343,7 +343,7 @@ test('a directory listing longer than the part size is stored in parts: restore,
   assert.equal(v.errors.length, 0, JSON.stringify(v.errors));
 });
 
-test('a listing in parts with a name in two parts, or a part that is itself a head, is an IntegrityError', async (t) => {
+test('a listing in parts with a name in two parts, a part that is itself a head, or a content part without a chunk list is an IntegrityError', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-parts-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   const store = new LocalStore(path.join(dir, 'repo'));
@@ -365,11 +365,15 @@ test('a listing in parts with a name in two parts, or a part that is itself a he
   const a = await save({ nodes: [node('a'), node('b')] });
   const b = await save({ nodes: [node('b'), node('c')] });
   const dup = await save({ parts: [a, b] });
+  const noList = await save({
+    nodes: [{ name: 'f', type: 'file', mode: 0o644, uid: 0, gid: 0, mtimeMs: 0, size: 1, contentParts: [a] }],
+  });
   const nested = await save({ parts: [await save({ parts: [a] })] });
   await session.flush();
   await session.close();
   for (const [id, why] of [
     [dup, /duplicate name b/],
+    [noList, /content part .* has no chunk list/],
     [nested, /not a plain listing/],
   ] as const)
     await assert.rejects(
@@ -413,4 +417,61 @@ test('encodeTreeParts: a listing that fits is byte for byte the one blob encodeT
     );
     assert.deepEqual(head.chunker, all.chunker);
   }
+});
+
+test('a chunk list longer than the part size is stored in content parts: restore, incremental and the blob walk see it whole', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-content-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const src = path.join(dir, 'src');
+  fs.mkdirSync(src);
+  // Over SMALL_FILE (256 KiB) so it is chunked: ~3 MiB random, and a file with a 1 MiB hole between data.
+  fs.writeFileSync(path.join(src, 'big.bin'), randomBytes(3 * 1024 * 1024 + 5));
+  fs.writeFileSync(
+    path.join(src, 'holey.bin'),
+    Buffer.concat([randomBytes(700 * 1024), Buffer.alloc(1024 * 1024), randomBytes(700 * 1024)]),
+  );
+  fs.writeFileSync(path.join(src, 'small.txt'), 'small');
+  const store = new LocalStore(path.join(dir, 'repo'));
+  await (await Repository.init(store, 'pw', { kdf: { N: 1024, r: 8, p: 1 } })).close();
+  const repo = await Repository.open(store, 'pw');
+  t.after(() => repo.close());
+  const backup = async (parentTree?: string): Promise<{ tree: string; bytesAdded: number }> => {
+    const session = await repo.startBackup();
+    const r = await backupTree(session, src, {
+      reader: repo,
+      parentTree,
+      chunker: { minSize: 16 * 1024, avgSize: 32 * 1024, maxSize: 64 * 1024 },
+      contentPartChunks: 8,
+    });
+    await session.flush();
+    await session.close();
+    return { tree: r.tree, bytesAdded: r.stats.bytesAdded };
+  };
+  const first = await backup();
+  const stored = decodeTree(first.tree, await repo.loadBlob(first.tree));
+  const loaded = await loadTree(repo, first.tree);
+  for (const name of ['big.bin', 'holey.bin']) {
+    const raw = stored.nodes.find((n) => n.name === name)!;
+    const node = loaded.nodes.find((n) => n.name === name)!;
+    assert.ok(raw.contentParts && raw.contentParts.length >= 2, `${name} is stored in content parts`);
+    assert.equal(raw.content, undefined, `${name}: the listing holds no chunk list`);
+    assert.ok(node.content && node.content.length > 16, `${name}: loaded whole`);
+    assert.equal(raw.contentParts.length, Math.ceil(node.content.length / 8), `${name}: parts of 8 chunks`);
+  }
+  const holey = loaded.nodes.find((n) => n.name === 'holey.bin')!;
+  assert.ok(holey.content!.includes(null) && holey.holeSizes!.some((h) => h > 0), 'the hole is kept');
+  assert.equal(stored.nodes.find((n) => n.name === 'small.txt')!.contentParts, undefined);
+  const dst = path.join(dir, 'dst');
+  await restoreTree(repo, first.tree, dst);
+  assert.deepEqual(describeTree(dst), describeTree(src));
+  const visited = new Set<string>();
+  await walkTree(repo, first.tree, (id) => visited.add(id));
+  for (const n of stored.nodes)
+    for (const p of n.contentParts ?? []) assert.ok(visited.has(p), `part ${p} visited`);
+  for (const n of loaded.nodes)
+    for (const c of n.content ?? []) if (c) assert.ok(visited.has(c), `chunk ${c} visited`);
+  // Unchanged: the same tree and nothing stored.
+  const again = await backup(first.tree);
+  assert.equal(again.tree, first.tree);
+  assert.equal(again.bytesAdded, 0);
 });

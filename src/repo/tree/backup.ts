@@ -23,7 +23,14 @@ import {
 } from '../api.ts';
 import { FastCdc } from './chunker.ts';
 import type { ChunkerParams } from './chunker.ts';
-import { compareNames, decodeTree, encodeTreeParts, resolveParts } from './codec.ts';
+import {
+  compareNames,
+  CONTENT_PART_CHUNKS,
+  decodeTree,
+  encodeContentParts,
+  encodeTreeParts,
+  resolveParts,
+} from './codec.ts';
 import { ExcludeMatcher } from './exclude.ts';
 import { errnoOf, fsError } from './fserrors.ts';
 import { Semaphore } from './limit.ts';
@@ -41,6 +48,8 @@ export interface TreeBackupOptions extends RunOptions {
   largeFileConcurrency?: number;
   /** A directory listing longer than this is stored in parts (default TREE_PART_BYTES; tests use less). */
   treePartBytes?: number;
+  /** A file's chunk list longer than this is stored in parts (default CONTENT_PART_CHUNKS; tests use less). */
+  contentPartChunks?: number;
 }
 
 export interface TreeBackupStats {
@@ -249,6 +258,19 @@ class TreeBackup {
     });
   }
 
+  /** A chunk list longer than the part size goes into content parts (tree/FORMAT.md). */
+  private async splitContent(node: TreeNode): Promise<void> {
+    const max = this.opts.contentPartChunks ?? CONTENT_PART_CHUNKS;
+    if ((node.content?.length ?? 0) <= max) return;
+    const ids: BlobId[] = [];
+    for (const part of encodeContentParts(node.content!, node.holeSizes, max)) {
+      const saved = await this.writer.saveBlob('tree', part, { signal: this.signal });
+      this.stats.bytesAdded += saved.storedBytes;
+      ids.push(saved.id);
+    }
+    node.contentParts = ids;
+  }
+
   private async loadParent(id: BlobId | undefined): Promise<TreeBlob | undefined> {
     if (id === undefined) return undefined;
     const reader = this.opts.reader;
@@ -449,10 +471,12 @@ class TreeBackup {
       parentNode.mtimeNs === node.mtimeNs &&
       parentNode.ctimeNs === node.ctimeNs &&
       parentNode.inode === node.inode &&
-      (parentNode.content ?? []).every((id) => id === null || this.writer.hasBlob(id))
+      (parentNode.content ?? []).every((id) => id === null || this.writer.hasBlob(id)) &&
+      (parentNode.contentParts ?? []).every((id) => this.writer.hasBlob(id))
     ) {
       node.content = parentNode.content ?? [];
       if (parentNode.holeSizes) node.holeSizes = parentNode.holeSizes;
+      if (parentNode.contentParts) node.contentParts = parentNode.contentParts;
       this.stats.filesUnmodified++;
       return;
     }
@@ -475,6 +499,7 @@ class TreeBackup {
     node.size = content.size;
     node.content = content.content;
     if (content.holeSizes) node.holeSizes = content.holeSizes;
+    await this.splitContent(node);
     if (known) this.stats.filesUnmodified++;
     else if (parentNode?.type === 'file') this.stats.filesChanged++;
     else this.stats.filesNew++;

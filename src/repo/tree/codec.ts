@@ -39,8 +39,12 @@ export function canonicalNode(n: TreeNode): TreeNode {
   put('ctimeNs');
   put('inode');
   put('size');
-  put('content');
-  put('holeSizes');
+  // A chunk list stored in parts is written as those parts only.
+  if (n.contentParts) put('contentParts');
+  else {
+    put('content');
+    put('holeSizes');
+  }
   put('subtree');
   put('linkTarget');
   put('linkGroup');
@@ -144,21 +148,17 @@ function checkNode(id: BlobId, n: unknown, allowEmptyName: boolean): TreeNode {
   if (node.mtimeNs !== undefined && !/^-?\d+$/.test(node.mtimeNs)) bad(id, `bad mtimeNs of ${node.name}`);
   if (node.type === 'file') {
     if (!isUint(node.size)) bad(id, `file ${node.name} has no size`);
-    const content = node.content ?? [];
-    if (!Array.isArray(content)) bad(id, `file ${node.name} content is not a list`);
-    let total = 0;
-    for (let i = 0; i < content.length; i++) {
-      const c = content[i];
-      if (c === null) {
-        const hole = node.holeSizes?.[i];
-        if (!isUint(hole) || hole === 0) bad(id, `file ${node.name} hole ${i} has no size`);
-        total += hole;
-      } else if (typeof c !== 'string' || !BLOB_ID.test(c))
-        bad(id, `file ${node.name} chunk ${i} is not a blob id`);
-    }
-    if (node.holeSizes !== undefined && node.holeSizes.length !== content.length)
-      bad(id, `file ${node.name} holeSizes does not match content`);
-    if (total > node.size) bad(id, `file ${node.name} holes exceed its size`);
+    if (node.contentParts !== undefined) {
+      const parts: unknown = node.contentParts;
+      if (
+        !Array.isArray(parts) ||
+        parts.length === 0 ||
+        !parts.every((p) => typeof p === 'string' && BLOB_ID.test(p))
+      )
+        bad(id, `file ${node.name} has a bad list of content parts`);
+      if (node.content !== undefined || node.holeSizes !== undefined)
+        bad(id, `file ${node.name} has both content and content parts`);
+    } else checkContent(id, node);
   }
   if (
     node.type === 'dir' &&
@@ -169,6 +169,51 @@ function checkNode(id: BlobId, n: unknown, allowEmptyName: boolean): TreeNode {
   if (node.type === 'symlink' && typeof node.linkTarget !== 'string')
     bad(id, `symlink ${node.name} has no target`);
   return node;
+}
+
+/** A file node's chunk list: ids or holes with their sizes, the holes not longer than the file. */
+function checkContent(id: BlobId, node: TreeNode): void {
+  const content = node.content ?? [];
+  if (!Array.isArray(content)) bad(id, `file ${node.name} content is not a list`);
+  let total = 0;
+  for (let i = 0; i < content.length; i++) {
+    const c = content[i];
+    if (c === null) {
+      const hole = node.holeSizes?.[i];
+      if (!isUint(hole) || hole === 0) bad(id, `file ${node.name} hole ${i} has no size`);
+      total += hole;
+    } else if (typeof c !== 'string' || !BLOB_ID.test(c))
+      bad(id, `file ${node.name} chunk ${i} is not a blob id`);
+  }
+  if (
+    node.holeSizes !== undefined &&
+    (!Array.isArray(node.holeSizes) || node.holeSizes.length !== content.length)
+  )
+    bad(id, `file ${node.name} holeSizes does not match content`);
+  if (total > node.size!) bad(id, `file ${node.name} holes exceed its size`);
+}
+
+/**
+ * A file's chunk list longer than this is stored in parts of this many chunks (~4.4 MB of JSON each): at the
+ * 1 MiB average chunk a 1 TiB file has ~1M chunks, ~67 MB of ids, over the 64 MiB blob limit in one node.
+ */
+export const CONTENT_PART_CHUNKS = 65536;
+
+/** The blobs of a long chunk list: `{"content":[...]}` (and `"holeSizes"` where it has holes) per run. */
+export function encodeContentParts(
+  content: (BlobId | null)[],
+  holeSizes: number[] | undefined,
+  chunksPerPart = CONTENT_PART_CHUNKS,
+): Buffer[] {
+  const parts: Buffer[] = [];
+  for (let i = 0; i < content.length; i += chunksPerPart) {
+    const part: { content: (BlobId | null)[]; holeSizes?: number[] } = {
+      content: content.slice(i, i + chunksPerPart),
+    };
+    if (holeSizes && part.content.includes(null)) part.holeSizes = holeSizes.slice(i, i + chunksPerPart);
+    parts.push(Buffer.from(JSON.stringify(part), 'utf8'));
+  }
+  return parts;
 }
 
 export function decodeTree(id: BlobId, data: Buffer): TreeBlob {
@@ -213,6 +258,59 @@ export function decodeTree(id: BlobId, data: Buffer): TreeBlob {
  * and their nodes joined, which must continue each other in name order. Other trees are returned as they are.
  */
 export async function resolveParts(
+  id: BlobId,
+  tree: TreeBlob,
+  load: (partId: BlobId) => Promise<Buffer>,
+): Promise<TreeBlob> {
+  const whole = await joinListing(id, tree, load);
+  for (const node of whole.nodes) if (node.contentParts) await loadContent(id, node, load);
+  return whole;
+}
+
+/** Fills a node's `content` and `holeSizes` from its content parts, checked as one list. */
+async function loadContent(
+  id: BlobId,
+  node: TreeNode,
+  load: (partId: BlobId) => Promise<Buffer>,
+): Promise<void> {
+  const content: (BlobId | null)[] = [];
+  const holeSizes: number[] = [];
+  let holes = false;
+  for (const partId of node.contentParts!) {
+    let part: { content?: unknown; holeSizes?: unknown };
+    try {
+      part = JSON.parse((await load(partId)).toString('utf8')) as typeof part;
+    } catch (cause) {
+      throw new IntegrityError(`content part ${partId} of ${node.name} is not valid JSON`, {
+        cause,
+        details: { blob: partId },
+      });
+    }
+    if (
+      typeof part !== 'object' ||
+      part === null ||
+      !Array.isArray(part.content) ||
+      part.content.length === 0
+    )
+      bad(id, `content part ${partId} of ${node.name} has no chunk list`);
+    if (
+      part.holeSizes !== undefined &&
+      (!Array.isArray(part.holeSizes) || part.holeSizes.length !== part.content.length)
+    )
+      bad(id, `content part ${partId} of ${node.name}: holeSizes does not match content`);
+    for (let i = 0; i < part.content.length; i++) {
+      content.push(part.content[i] as BlobId | null);
+      holeSizes.push(Array.isArray(part.holeSizes) ? (part.holeSizes[i] as number) : 0);
+    }
+    if (part.holeSizes !== undefined) holes = true;
+  }
+  node.content = content;
+  if (holes) node.holeSizes = holeSizes;
+  checkContent(id, node);
+}
+
+/** A listing in parts joined into one (a tree that is not in parts comes back as it is). */
+async function joinListing(
   id: BlobId,
   tree: TreeBlob,
   load: (partId: BlobId) => Promise<Buffer>,

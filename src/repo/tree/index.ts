@@ -7,4 +7,12 @@ export { listTree, walkTree, loadTree, modeString } from './list.ts';
 export type { ListOptions } from './list.ts';
 export { FastCdc, cdcChunks, DEFAULT_CHUNKER_PARAMS } from './chunker.ts';
 export type { ChunkerParams } from './chunker.ts';
-export { encodeTree, encodeTreeParts, decodeTree, resolveParts, TREE_PART_BYTES } from './codec.ts';
+export {
+  CONTENT_PART_CHUNKS,
+  decodeTree,
+  encodeContentParts,
+  encodeTree,
+  encodeTreeParts,
+  resolveParts,
+  TREE_PART_BYTES,
+} from './codec.ts';

@@ -78,6 +78,7 @@ export async function walkTree(
       const t = await loadTree(reader, id, { signal: opts.signal });
       for (const p of t.parts ?? []) visit(p, 'tree');
       for (const node of t.nodes) {
+        for (const p of node.contentParts ?? []) visit(p, 'tree');
         if (node.content) for (const c of node.content) if (c !== null) visit(c, 'data');
         if (node.type === 'dir' && node.subtree && !seen.has(node.subtree)) {
           seen.add(node.subtree);
