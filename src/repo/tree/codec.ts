@@ -74,7 +74,7 @@ export function encodeTreeParts(
     .map((n) => JSON.stringify(canonicalNode(n)));
   const prefix = tree.chunker ? `{"chunker":${JSON.stringify(canonicalChunker(tree.chunker))},` : '{';
   const suffix = tree.self ? `,"self":${JSON.stringify(canonicalNode(tree.self))}}` : '}';
-  let total = prefix.length + '"nodes":[]'.length + suffix.length;
+  let total = Buffer.byteLength(prefix + suffix, 'utf8') + '"nodes":[]'.length;
   for (const json of nodes) total += Buffer.byteLength(json, 'utf8') + 1;
   if (total <= maxBytes)
     return { whole: Buffer.from(`${prefix}"nodes":[${nodes.join(',')}]${suffix}`, 'utf8') };
@@ -254,8 +254,9 @@ export function decodeTree(id: BlobId, data: Buffer): TreeBlob {
 }
 
 /**
- * The whole listing of a tree blob already decoded: a head's parts loaded with `load` (each a plain listing)
- * and their nodes joined, which must continue each other in name order. Other trees are returned as they are.
+ * The whole of a tree blob already decoded, its parts loaded with `load`: a head's listing parts (each a plain
+ * listing, no name in two of them) joined into `nodes`, and each file's content parts into its `content` and
+ * `holeSizes`. A tree with neither comes back as it is.
  */
 export async function resolveParts(
   id: BlobId,
