@@ -17,12 +17,13 @@ export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
 const READS_AHEAD = 6;
 const LOADS_AHEAD = 8;
 /**
- * A restore plans and loads this many chunks at a time (16 GiB at 1 MiB chunks): what it holds per chunk is
+ * A restore plans and loads this many chunks at a time (8 GiB at 1 MiB chunks): what it holds per chunk is
  * bounded by that, not by the image's size. A blob used in two windows is read twice. A restore of 4 GiB in
- * 4 KiB chunks (2^20 chunks, as many as 1 TiB has at 1 MiB), alternating, 2 each: windows of 65536 chunks
- * peaked at 586-645 MiB RSS, of 16384 at 460-467 MiB, in 7.5-8.4 s either way.
+ * 4 KiB chunks (2^20 chunks, as many as 1 TiB has at 1 MiB) from a cold repository, alternating: windows of
+ * 16384 chunks peaked at 458-510 MiB RSS in 7.6 s, of 8192 at 418-446 MiB in 7.1-8.0 s, of 4096 at
+ * 381-387 MiB in 8.2 s (3, 5 and 2 runs).
  */
-const WINDOW_CHUNKS = 16384;
+const WINDOW_CHUNKS = 8192;
 
 export interface ImageBackupOptions extends RunOptions {
   chunkSize?: number;
