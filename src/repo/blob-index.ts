@@ -1,3 +1,5 @@
+import { writeIndexEntry } from './format.ts';
+
 /**
  * Compact in-memory index: blob id → (pack, offset, length, raw length, type, compression).
  * Parallel typed arrays plus an open-addressing hash table keyed by the id's first 4 bytes:
@@ -188,12 +190,17 @@ export class BlobIndex {
   /** Entry i encoded as in an index object (the inverse of addEncoded), at `at` of `out`. */
   encodeAt(i: number, out: Buffer, at: number): void {
     const f = this.flags[i]!;
-    out[at] = f & 1;
-    out[at + 1] = f >> 1;
-    out.set(this.ids.subarray(i * 32, i * 32 + 32), at + 2);
-    out.writeUInt32LE(this.offsets[i]!, at + 34);
-    out.writeUInt32LE(this.lengths[i]!, at + 38);
-    out.writeUInt32LE(this.raws[i]!, at + 42);
+    writeIndexEntry(
+      out,
+      at,
+      f & 1,
+      f >> 1,
+      this.ids,
+      i * 32,
+      this.offsets[i]!,
+      this.lengths[i]!,
+      this.raws[i]!,
+    );
   }
 
   /** Hex id, type and raw length of entry i. */

@@ -55,26 +55,52 @@ export interface IndexPack {
 
 /** Plain index: "TERNIDX1", then per pack: packId[32], count u32le, count × (type, comp, id[32], offset, length, rawLength). */
 export function encodeIndex(packs: IndexPack[]): Buffer {
-  let size = 8;
-  for (const p of packs) size += 36 + p.blobs.length * INDEX_ENTRY;
+  return encodeIndexWith(
+    packs.map((p) => ({ packId: p.packId, count: p.blobs.length })),
+    (p, j, out, at) => {
+      const b = packs[p]!.blobs[j]!;
+      writeIndexEntry(out, at, b.type, b.comp, b.id, 0, b.offset, b.length, b.rawLength);
+    },
+  );
+}
+
+/** A plain index of these packs, each entry written by `entry(pack, j, out, at)` (with writeIndexEntry). */
+export function encodeIndexWith(
+  packs: { packId: string; count: number }[],
+  entry: (pack: number, j: number, out: Buffer, at: number) => void,
+): Buffer {
+  let size = INDEX_MAGIC.length;
+  for (const p of packs) size += 36 + p.count * INDEX_ENTRY;
   const out = Buffer.alloc(size);
   out.write(INDEX_MAGIC, 0, 'latin1');
-  let o = 8;
-  for (const p of packs) {
-    out.write(p.packId, o, 'hex');
-    out.writeUInt32LE(p.blobs.length, o + 32);
+  let o = INDEX_MAGIC.length;
+  packs.forEach((p, k) => {
+    out.write(p.packId, o, 32, 'hex');
+    out.writeUInt32LE(p.count, o + 32);
     o += 36;
-    for (const b of p.blobs) {
-      out[o] = b.type;
-      out[o + 1] = b.comp;
-      out.set(b.id, o + 2);
-      out.writeUInt32LE(b.offset, o + 34);
-      out.writeUInt32LE(b.length, o + 38);
-      out.writeUInt32LE(b.rawLength, o + 42);
-      o += INDEX_ENTRY;
-    }
-  }
+    for (let j = 0; j < p.count; j++, o += INDEX_ENTRY) entry(k, j, out, o);
+  });
   return out;
+}
+
+/** One index entry of INDEX_ENTRY bytes at `at`: type u8, comp u8, id[32] (from `idAt` of `id`), offset, length, rawLength u32le. */
+export function writeIndexEntry(
+  out: Buffer,
+  at: number,
+  type: number,
+  comp: number,
+  id: Uint8Array,
+  idAt: number,
+  offset: number,
+  length: number,
+  rawLength: number,
+): void {
+  out[at] = type;
+  out[at + 1] = comp;
+  out.set(id.subarray(idAt, idAt + 32), at + 2);
+  out.writeUInt32LE(offset, at + 34);
+  out.writeUInt32LE(length, at + 38);
+  out.writeUInt32LE(rawLength, at + 42);
 }
 
 /**

@@ -2,7 +2,7 @@
 import type { RunOptions, TernError } from '../core/base.ts';
 import { IntegrityError, selectRetention, throwIfAborted } from '../core/base.ts';
 import type { BlobId, SnapshotManifest } from './api.ts';
-import { decodePackHeader, INDEX_ENTRY, INDEX_MAGIC, packKey } from './format.ts';
+import { decodePackHeader, encodeIndexWith, packKey } from './format.ts';
 import type { BlobIndex } from './blob-index.ts';
 import { RepoLock } from './lock.ts';
 import type { Repository } from './repository.ts';
@@ -242,33 +242,22 @@ function encodeIndexOf(index: BlobIndex, keep: (pack: number) => boolean): Buffe
   const packCount = index.packIds.length;
   const counts = new Uint32Array(packCount);
   for (let i = 0; i < n; i++) counts[index.packAt(i)]!++;
-  // Each kept pack's entry numbers, packs one after another (a counting sort).
-  const start = new Uint32Array(packCount + 1);
-  let size = INDEX_MAGIC.length;
+  // The kept packs' entry numbers, pack after pack (a counting sort).
+  const kept: { packId: string; count: number; from: number }[] = [];
+  const fill = new Uint32Array(packCount);
+  let total = 0;
   for (let p = 0; p < packCount; p++) {
-    const k = keep(p) && counts[p]! > 0;
-    start[p + 1] = start[p]! + (k ? counts[p]! : 0);
-    if (k) size += 36 + counts[p]! * INDEX_ENTRY;
+    if (!keep(p) || counts[p] === 0) continue;
+    kept.push({ packId: index.packIds[p]!, count: counts[p]!, from: total });
+    fill[p] = total;
+    total += counts[p]!;
   }
-  const order = new Uint32Array(start[packCount]!);
-  const fill = start.slice(0, packCount);
+  const order = new Uint32Array(total);
   for (let i = 0; i < n; i++) {
     const p = index.packAt(i);
-    if (keep(p)) order[fill[p]!++] = i;
+    if (keep(p) && counts[p]! > 0) order[fill[p]!++] = i;
   }
-  const out = Buffer.alloc(size);
-  out.write(INDEX_MAGIC, 0, 'latin1');
-  let o = INDEX_MAGIC.length;
-  for (let p = 0; p < packCount; p++) {
-    const from = start[p]!;
-    const to = start[p + 1]!;
-    if (from === to) continue;
-    out.write(index.packIds[p]!, o, 32, 'hex');
-    out.writeUInt32LE(to - from, o + 32);
-    o += 36;
-    for (let j = from; j < to; j++, o += INDEX_ENTRY) index.encodeAt(order[j]!, out, o);
-  }
-  return out;
+  return encodeIndexWith(kept, (k, j, out, at) => index.encodeAt(order[kept[k]!.from + j]!, out, at));
 }
 
 // ---------- verify ----------
