@@ -354,25 +354,7 @@ export async function verify(
           repo.openSmall('packheader', data.subarray(data.length - 4 - hlen, data.length - 4), key),
           key,
         );
-        const loads: Promise<unknown>[] = [];
-        for (const b of header) {
-          const hex = Buffer.from(b.id).toString('hex');
-          loads.push(
-            repo
-              .openBlob(
-                hex,
-                b.type,
-                b.comp,
-                b.rawLength,
-                Buffer.from(data.subarray(b.offset, b.offset + b.length)),
-                key,
-              )
-              .then(() => res.blobsChecked++),
-          );
-        }
-        const settled = await Promise.allSettled(loads);
-        const bad = settled.find((s) => s.status === 'rejected');
-        if (bad) throw (bad as PromiseRejectedResult).reason;
+        res.blobsChecked += await repo.verifyPack(data, header, key, opts);
       } catch (err) {
         fail(key, err);
       }

@@ -684,6 +684,59 @@ export class Repository implements BlobReader {
   }
 
   /**
+   * verify --read-data: every blob of a pack already read whole (`data`, its header's `blobs`) authenticated,
+   * decompressed and checked against its id, neighbours in one worker message per run of up to RUN_BYTES (as
+   * loadMany reads them) rather than one message and one copy per blob. Resolves with the number of blobs
+   * checked; the first bad blob rejects with an IntegrityError naming `what`.
+   */
+  async verifyPack(data: Buffer, blobs: PackBlob[], what: string, opts: RunOptions = {}): Promise<number> {
+    const runs: LoadRun[] = [];
+    for (const b of [...blobs].sort((x, y) => x.offset - y.offset)) {
+      const e: BlobEntry = {
+        pack: 0,
+        offset: b.offset,
+        length: b.length,
+        rawLength: b.rawLength,
+        type: b.type,
+        comp: b.comp,
+      };
+      if (b.offset + b.length > data.length) throw new IntegrityError(`${what}: blob beyond the pack's end`);
+      const item = { id: Buffer.from(b.id).toString('hex'), e };
+      const last = runs[runs.length - 1];
+      if (
+        last &&
+        e.offset >= last.end &&
+        e.offset + e.length - last.start <= RUN_BYTES &&
+        last.raw + e.rawLength <= RUN_BYTES
+      ) {
+        last.blobs.push(item);
+        last.end = e.offset + e.length;
+        last.raw += e.rawLength;
+      } else
+        runs.push({ pack: 0, start: e.offset, end: e.offset + e.length, raw: e.rawLength, blobs: [item] });
+    }
+    let checked = 0;
+    await mapLimit(runs, RUNS_IN_FLIGHT, async (run) => {
+      throwIfAborted(opts.signal);
+      const len = run.end - run.start;
+      // A recycled read buffer when the run fits one (runInPool gives it back).
+      const buf =
+        len <= RUN_BUF ? (this.freeRunRead.pop() ?? new ArrayBuffer(RUN_BUF)) : new ArrayBuffer(len);
+      data.copy(Buffer.from(buf), 0, run.start, run.end);
+      const at: number[] = [];
+      let end = 0;
+      for (const { e } of run.blobs) {
+        at.push(end);
+        end += e.rawLength;
+      }
+      const read: RunRead = { buf, offset: 0, release: () => undefined };
+      await this.runInPool(Repository.runRequest(run, at, read, what, true), read, what);
+      checked += run.blobs.length;
+    });
+    return checked;
+  }
+
+  /**
    * BlobReader.writeFiles: like `loadMany`, but each run's worker writes the files of its blobs right after
    * decrypting them (files.ts), so the plaintext stays in the worker and the main thread only plans.
    */
