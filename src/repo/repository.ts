@@ -456,7 +456,14 @@ export class Repository implements BlobReader {
       items.push({ id, e });
     }
     items.sort((a, b) => a.e.pack - b.e.pack || a.e.offset - b.e.offset);
-    // A run is capped in sealed and in plaintext bytes (compressed blobs expand), so both fit RUN_BUF buffers.
+    return Repository.groupRuns(items);
+  }
+
+  /**
+   * Blobs sorted by pack and offset, neighbours (gaps up to RUN_GAP) merged into runs. A run is capped in
+   * sealed and in plaintext bytes (compressed blobs expand), so both fit RUN_BUF buffers.
+   */
+  private static groupRuns(items: { id: BlobId; e: BlobEntry }[]): LoadRun[] {
     const runs: LoadRun[] = [];
     for (const it of items) {
       const last = runs[runs.length - 1];
@@ -690,31 +697,22 @@ export class Repository implements BlobReader {
    * checked; the first bad blob rejects with an IntegrityError naming `what`.
    */
   async verifyPack(data: Buffer, blobs: PackBlob[], what: string, opts: RunOptions = {}): Promise<number> {
-    const runs: LoadRun[] = [];
-    for (const b of [...blobs].sort((x, y) => x.offset - y.offset)) {
-      const e: BlobEntry = {
-        pack: 0,
-        offset: b.offset,
-        length: b.length,
-        rawLength: b.rawLength,
-        type: b.type,
-        comp: b.comp,
-      };
-      if (b.offset + b.length > data.length) throw new IntegrityError(`${what}: blob beyond the pack's end`);
-      const item = { id: Buffer.from(b.id).toString('hex'), e };
-      const last = runs[runs.length - 1];
-      if (
-        last &&
-        e.offset >= last.end &&
-        e.offset + e.length - last.start <= RUN_BYTES &&
-        last.raw + e.rawLength <= RUN_BYTES
-      ) {
-        last.blobs.push(item);
-        last.end = e.offset + e.length;
-        last.raw += e.rawLength;
-      } else
-        runs.push({ pack: 0, start: e.offset, end: e.offset + e.length, raw: e.rawLength, blobs: [item] });
-    }
+    const items = [...blobs]
+      .sort((x, y) => x.offset - y.offset)
+      .map((b) => {
+        if (b.offset + b.length > data.length)
+          throw new IntegrityError(`${what}: blob beyond the pack's end`);
+        const e: BlobEntry = {
+          pack: 0,
+          offset: b.offset,
+          length: b.length,
+          rawLength: b.rawLength,
+          type: b.type,
+          comp: b.comp,
+        };
+        return { id: Buffer.from(b.id).toString('hex'), e };
+      });
+    const runs = Repository.groupRuns(items);
     let checked = 0;
     await mapLimit(runs, RUNS_IN_FLIGHT, async (run) => {
       throwIfAborted(opts.signal);
