@@ -11,6 +11,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { IntegrityError } from '../../src/core/index.ts';
+import type { TreeBlob } from '../../src/repo/api.ts';
+import { canonicalNode } from '../../src/repo/tree/codec.ts';
 import { Repository, verify } from '../../src/repo/index.ts';
 import {
   backupTree,
@@ -382,7 +384,7 @@ test('a listing in parts with a name in two parts, a part that is itself a head,
     );
 });
 
-test('encodeTreeParts: a listing that fits is byte for byte the one blob encodeTree makes; parts join back to it', () => {
+test('encodeTreeParts: a listing that fits is byte for byte the one blob the format defines; parts join back to it', () => {
   const node = (name: string, extra: object = {}) => ({
     name,
     type: 'file' as const,
@@ -399,8 +401,31 @@ test('encodeTreeParts: a listing that fits is byte for byte the one blob encodeT
   );
   const chunker = { seed: 's', algorithm: 'fastcdc', normalization: 2, maxSize: 3, avgSize: 2, minSize: 1 };
   const self = { ...node(''), type: 'dir' as const };
-  for (const tree of [{ nodes }, { nodes, chunker, self }, { nodes: [] }]) {
-    const whole = encodeTree(tree);
+  // The one-blob form as the format defines it (FORMAT.md), built here independently of the encoder.
+  const reference = (t: TreeBlob): Buffer =>
+    Buffer.from(
+      JSON.stringify({
+        ...(t.chunker
+          ? {
+              chunker: {
+                algorithm: t.chunker.algorithm,
+                minSize: t.chunker.minSize,
+                avgSize: t.chunker.avgSize,
+                maxSize: t.chunker.maxSize,
+                normalization: t.chunker.normalization,
+                seed: t.chunker.seed,
+              },
+            }
+          : {}),
+        nodes: [...t.nodes]
+          .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+          .map(canonicalNode),
+        ...(t.self ? { self: canonicalNode(t.self) } : {}),
+      }),
+    );
+  for (const tree of [{ nodes }, { nodes, chunker, self }, { nodes: [] }] as TreeBlob[]) {
+    const whole = reference(tree);
+    assert.ok(encodeTree(tree).equals(whole));
     const enc = encodeTreeParts(tree);
     assert.ok('whole' in enc && enc.whole.equals(whole));
     const split = encodeTreeParts(tree, 2000);

@@ -23,14 +23,7 @@ import {
 } from '../api.ts';
 import { FastCdc } from './chunker.ts';
 import type { ChunkerParams } from './chunker.ts';
-import {
-  compareNames,
-  CONTENT_PART_CHUNKS,
-  decodeTree,
-  encodeContentParts,
-  encodeTreeParts,
-  resolveParts,
-} from './codec.ts';
+import { compareNames, CONTENT_PART_CHUNKS, encodeContentParts, encodeTreeParts, readTree } from './codec.ts';
 import { ExcludeMatcher } from './exclude.ts';
 import { errnoOf, fsError } from './fserrors.ts';
 import { Semaphore } from './limit.ts';
@@ -275,9 +268,7 @@ class TreeBackup {
     if (id === undefined) return undefined;
     const reader = this.opts.reader;
     if (!reader) throw new InputError('an incremental tree backup needs a reader for the parent tree');
-    const load = (blob: BlobId): Promise<Buffer> =>
-      this.treeLoadSem.run(() => reader.loadBlob(blob, { signal: this.signal }));
-    return resolveParts(id, decodeTree(id, await load(id)), load);
+    return readTree(id, (blob) => this.treeLoadSem.run(() => reader.loadBlob(blob, { signal: this.signal })));
   }
 
   /** Runs every child and fails as a group, after all of them have settled. */

@@ -59,7 +59,7 @@ export function canonicalNode(n: TreeNode): TreeNode {
 export const TREE_PART_BYTES = 16 * 1024 * 1024;
 
 /**
- * The blobs of a tree: `whole`, the one blob (`encodeTree`), or, when that would be longer than `maxBytes`,
+ * The blobs of a tree: `whole`, the one blob, or, when that would be longer than `maxBytes`,
  * `parts` (each `{"nodes":[...]}` with a run of the sorted nodes, at most `maxBytes` unless one node alone is
  * longer) and the `head` that lists their ids with the root's `chunker` and `self`.
  */
@@ -67,7 +67,7 @@ export function encodeTreeParts(
   tree: TreeBlob,
   maxBytes = TREE_PART_BYTES,
 ): { whole: Buffer } | { parts: Buffer[]; head: (partIds: BlobId[]) => Buffer } {
-  // Each node's JSON once: the whole blob is the same bytes as encodeTree's (JSON.stringify nests), and a
+  // Each node's JSON once: the whole blob is JSON.stringify of {chunker, nodes, self} (it nests), and a
   // long listing is not first built whole (at 393k entries that was 2 x 87 MB more).
   const nodes = [...tree.nodes]
     .sort((a, b) => compareNames(a.name, b.name))
@@ -106,13 +106,11 @@ function canonicalChunker(c: NonNullable<TreeBlob['chunker']>): TreeBlob['chunke
   };
 }
 
+/** A tree as one blob, however long (a backup stores long listings in parts: `encodeTreeParts`). */
 export function encodeTree(tree: TreeBlob): Buffer {
-  const nodes = [...tree.nodes].sort((a, b) => compareNames(a.name, b.name)).map(canonicalNode);
-  const out: Record<string, unknown> = {};
-  if (tree.chunker) out.chunker = canonicalChunker(tree.chunker);
-  out.nodes = nodes;
-  if (tree.self) out.self = canonicalNode(tree.self);
-  return Buffer.from(JSON.stringify(out), 'utf8');
+  const enc = encodeTreeParts(tree, Infinity);
+  if (!('whole' in enc)) throw new Error('unreachable: no size limit');
+  return enc.whole;
 }
 
 /** A single path component that is safe to join under a target directory. */
@@ -253,12 +251,17 @@ export function decodeTree(id: BlobId, data: Buffer): TreeBlob {
   return tree;
 }
 
+/** Tree blob `id` loaded with `load`, decoded, and its listing and content parts loaded the same way. */
+export async function readTree(id: BlobId, load: (blob: BlobId) => Promise<Buffer>): Promise<TreeBlob> {
+  return resolveParts(id, decodeTree(id, await load(id)), load);
+}
+
 /**
  * The whole of a tree blob already decoded, its parts loaded with `load`: a head's listing parts (each a plain
  * listing, no name in two of them) joined into `nodes`, and each file's content parts into its `content` and
  * `holeSizes`. A tree with neither comes back as it is.
  */
-export async function resolveParts(
+async function resolveParts(
   id: BlobId,
   tree: TreeBlob,
   load: (partId: BlobId) => Promise<Buffer>,

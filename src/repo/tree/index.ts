@@ -13,6 +13,6 @@ export {
   encodeContentParts,
   encodeTree,
   encodeTreeParts,
-  resolveParts,
+  readTree,
   TREE_PART_BYTES,
 } from './codec.ts';

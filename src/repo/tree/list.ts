@@ -2,12 +2,11 @@
 import { NotFoundError, throwIfAborted } from '../../core/base.ts';
 import type { RunOptions } from '../../core/base.ts';
 import type { BlobId, BlobReader, TreeBlob, TreeNode } from '../api.ts';
-import { decodeTree, resolveParts } from './codec.ts';
+import { readTree } from './codec.ts';
 
 /** A tree blob and, for a listing in parts, its parts (their ids in `parts`). */
 export async function loadTree(reader: BlobReader, id: BlobId, opts?: RunOptions): Promise<TreeBlob> {
-  const load = (blob: BlobId): Promise<Buffer> => reader.loadBlob(blob, opts);
-  return resolveParts(id, decodeTree(id, await load(id)), load);
+  return readTree(id, (blob) => reader.loadBlob(blob, opts));
 }
 
 export interface ListOptions {

@@ -22,7 +22,7 @@ import { CancelledError, ConflictError, IntegrityError, throwIfAborted } from '.
 import type { RunOptions } from '../../core/base.ts';
 import type { BlobFile, BlobId, BlobReader, FileFailure, FileJob, TreeBlob, TreeNode } from '../api.ts';
 import { dataRuns, tryWriteFileJob } from '../files.ts';
-import { decodeTree, resolveParts } from './codec.ts';
+import { readTree } from './codec.ts';
 import { errnoOf, fsError } from './fserrors.ts';
 import { BackgroundFlush } from './flush.ts';
 import { Semaphore } from './limit.ts';
@@ -267,12 +267,11 @@ class TreeRestore {
   }
 
   private async loadTree(id: BlobId): Promise<TreeBlob> {
-    const load = async (blob: BlobId): Promise<Buffer> => {
+    return readTree(id, async (blob) => {
       const data = await this.treeSem.run(() => this.reader.loadBlob(blob, { signal: this.signal }));
       this.bytesRead += data.length;
       return data;
-    };
-    return resolveParts(id, decodeTree(id, await load(id)), load);
+    });
   }
 
   private select(rel: string, parent: Selection): Selection {
