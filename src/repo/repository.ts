@@ -772,7 +772,7 @@ export class Repository implements BlobReader {
   }
 
   /** Decrypt + verify a sealed blob in the pool. */
-  async openBlob(
+  private async openBlob(
     id: string,
     type: number,
     comp: number,

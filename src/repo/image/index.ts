@@ -677,6 +677,18 @@ export async function restoreImage(
           queueMicrotask(() => void pump());
         }
       });
+    const write = (id: BlobId, plain: Buffer, t: Target): Promise<void> => {
+      if (t.whole ? plain.length !== t.length : plain.length < t.from + t.length)
+        return Promise.reject(
+          new IntegrityError(
+            `blob ${id} of image ${mapId} has ${plain.length} bytes, the map needs ${t.whole ? t.length : t.from + t.length}`,
+          ),
+        );
+      return writeAll(
+        t.from === 0 && t.length === plain.length ? plain : plain.subarray(t.from, t.from + t.length),
+        t.pos,
+      );
+    };
     const windowChunks = opts.windowChunks ?? WINDOW_CHUNKS;
     // The next window is planned (its segments loaded) while this one loads.
     const planFrom = (w: number): Promise<Awaited<ReturnType<typeof plan>>> | undefined => {
@@ -690,24 +702,12 @@ export async function restoreImage(
       const { targets, zeros, data } = (await planned)!;
       planned = planFrom(w + windowChunks);
       // A shell per window costs the main thread a fork (~20 ms at a restore's resident size): later windows
-      // only when they hold enough data to gain from it (a 4 GiB image of 4 KiB chunks has 64 windows).
+      // only when they hold enough data to gain from it (a 4 GiB image of 4 KiB chunks has 128 windows).
       const dataBytes = data.reduce((a, e) => a + e.length, 0);
       if (d !== undefined && !isDevice && dataBytes > 0 && (w === 0 || dataBytes >= PREALLOC_MIN_WINDOW)) {
         const before = prealloc;
         prealloc = (async () => ((await before) ?? 0) + (await preallocate(tmp, data, opts.signal)))();
       }
-      const write = (id: BlobId, plain: Buffer, t: Target): Promise<void> => {
-        if (t.whole ? plain.length !== t.length : plain.length < t.from + t.length)
-          return Promise.reject(
-            new IntegrityError(
-              `blob ${id} of image ${mapId} has ${plain.length} bytes, the map needs ${t.whole ? t.length : t.from + t.length}`,
-            ),
-          );
-        return writeAll(
-          t.from === 0 && t.length === plain.length ? plain : plain.subarray(t.from, t.from + t.length),
-          t.pos,
-        );
-      };
       const onBlob = (id: BlobId, plain: Buffer): Promise<void> => {
         const ts = targets.get(id);
         if (ts === undefined) return Promise.resolve();
