@@ -10,6 +10,43 @@ export function printJson(value: unknown): void {
   process.stdout.write(JSON.stringify(value, null, 2) + '\n');
 }
 
+/**
+ * Output written as it is produced, in writes of ~64 KiB (a line per write syscall made listing 393k entries
+ * slow; collecting them first held them all): `line` adds text, `end` writes the rest. Waits when stdout is
+ * a stream that asks to (drain).
+ */
+export class OutputBuffer {
+  private text = '';
+
+  async line(s: string): Promise<void> {
+    this.text += s;
+    if (this.text.length >= 64 * 1024) await this.flush();
+  }
+
+  async end(): Promise<void> {
+    await this.flush();
+  }
+
+  private async flush(): Promise<void> {
+    const text = this.text;
+    this.text = '';
+    if (text !== '' && !process.stdout.write(text))
+      await new Promise<void>((resolve) => process.stdout.once('drain', resolve));
+  }
+}
+
+/** A JSON array printed as `printJson` prints it, an element at a time as they come. */
+export async function printJsonArray(items: AsyncIterable<unknown>): Promise<void> {
+  const out = new OutputBuffer();
+  let first = true;
+  for await (const item of items) {
+    await out.line(`${first ? '[\n' : ',\n'}  ${JSON.stringify(item, null, 2).replace(/\n/g, '\n  ')}`);
+    first = false;
+  }
+  await out.line(first ? '[]\n' : '\n]\n');
+  await out.end();
+}
+
 /** Left-aligned columns; rows are arrays of cells already formatted as text. */
 export function formatTable(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));

@@ -800,3 +800,35 @@ test("the crypto workers use the process's compile cache when it has one, and no
   );
   assert.deepEqual(child(false, true), [], 'no cache when the process has none, not even in its tmpdir');
 });
+
+test('allocBlobBuffer: image-chunk lengths get buffers of their length, others a 256 KiB class; saveBlob takes them over and they come back for the next blob of the class', async () => {
+  await inNewRepo(async (repo) => {
+    const s = await repo.startBackup();
+    try {
+      // A 1 MiB image chunk: exactly its length.
+      assert.equal(s.allocBlobBuffer(1 << 20).buffer.byteLength, 1 << 20);
+      // Content-defined lengths: the class above (a 2 GiB file's chunks were all kept by exact length before).
+      const a = s.allocBlobBuffer(300_000);
+      assert.equal(a.length, 300_000);
+      assert.equal(a.buffer.byteLength, 512 * 1024);
+      crypto.randomFillSync(a);
+      const copy = Buffer.from(a);
+      const saved = await s.saveBlob('data', a);
+      // Taken over whole (transferred to a worker), not copied.
+      assert.equal(a.buffer.byteLength, 0);
+      // The buffer came back and was kept; the next blob of the same class gets it, not a new one.
+      const free = (): number => (s as unknown as { freeBlobBytes: number }).freeBlobBytes;
+      assert.equal(free(), 512 * 1024);
+      const b = s.allocBlobBuffer(400_000);
+      assert.equal(b.buffer.byteLength, 512 * 1024);
+      assert.equal(free(), 0);
+      await s.flush();
+      assert.ok((await repo.loadBlob(saved.id)).equals(copy));
+      // A buffer of a length no class has is not kept.
+      await s.saveBlob('data', crypto.randomBytes(300_000));
+      assert.equal(free(), 0);
+    } finally {
+      await s.close();
+    }
+  });
+});

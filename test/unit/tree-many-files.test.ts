@@ -45,3 +45,37 @@ test('a tree of more small files than the restore queue holds (three levels, 18k
   assert.equal(r.files, 18_000);
   assert.deepEqual(contents(dst), contents(src));
 });
+
+test('one directory of 20k entries, its listing in parts: backed up, found in its parent and restored a run at a time', async (t) => {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-wide-'));
+  t.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+  const src = path.join(tmp, 'src');
+  fs.mkdirSync(src);
+  // More entries than a backup holds at once (8192) and than a restore queues (16384 small files), with
+  // subdirectories and a file of several chunks among them, so that every kind waits for the others.
+  for (let f = 0; f < 20_000; f++) {
+    const name = path.join(src, `e${String(f).padStart(5, '0')}`);
+    if (f % 5000 === 17) {
+      fs.mkdirSync(name);
+      fs.writeFileSync(path.join(name, 'inner'), `inner ${f}`);
+    } else if (f === 12_345) fs.writeFileSync(name, Buffer.alloc(300_000, 7));
+    else fs.writeFileSync(name, f % 3 === 0 ? '' : `${f}`);
+  }
+  const repo = new MemoryBlobs();
+  const opts = {
+    treePartBytes: 64 * 1024,
+    chunker: { minSize: 64 * 1024, avgSize: 128 * 1024, maxSize: 256 * 1024 },
+  };
+  const first = await backupTree(repo, src, opts);
+  // 19,996 files at the top and one in each of the 4 subdirectories.
+  assert.equal(first.stats.filesNew, 20_000);
+  assert.equal(first.stats.dirs, 1 + 4);
+  // Backed up again against itself: every file is found in the parent's listing parts, in step with the names.
+  const again = await backupTree(repo, src, { ...opts, reader: repo, parentTree: first.tree });
+  assert.equal(again.tree, first.tree);
+  assert.equal(again.stats.filesUnmodified, 20_000);
+  const dst = path.join(tmp, 'dst');
+  const r = await restoreTree(repo, first.tree, dst);
+  assert.equal(r.files, 20_000);
+  assert.deepEqual(contents(dst), contents(src));
+});

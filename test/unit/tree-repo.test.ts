@@ -19,6 +19,7 @@ import {
   decodeTree,
   encodeTree,
   encodeTreeParts,
+  ListingEncoder,
   listTree,
   loadTree,
   restoreTree,
@@ -297,7 +298,9 @@ test('a directory listing longer than the part size is stored in parts: restore,
   const repo = await Repository.open(store, 'pw');
   t.after(() => repo.close());
   const PART = 8192;
-  const backup = async (parentTree?: string): Promise<{ tree: string; bytesAdded: number }> => {
+  const backup = async (
+    parentTree?: string,
+  ): Promise<{ tree: string; bytesAdded: number; unmodified: number }> => {
     const session = await repo.startBackup();
     const r = await backupTree(session, src, { reader: repo, parentTree, treePartBytes: PART });
     await session.saveSnapshot({
@@ -307,7 +310,7 @@ test('a directory listing longer than the part size is stored in parts: restore,
       summary: { bytesRead: 0, bytesAdded: 0, durationMs: 0 },
     });
     await session.close();
-    return { tree: r.tree, bytesAdded: r.stats.bytesAdded };
+    return { tree: r.tree, bytesAdded: r.stats.bytesAdded, unmodified: r.stats.filesUnmodified };
   };
   const first = await backup();
   const head = decodeTree(first.tree, await repo.loadBlob(first.tree));
@@ -335,6 +338,9 @@ test('a directory listing longer than the part size is stored in parts: restore,
   const again = await backup(first.tree);
   assert.equal(again.tree, first.tree);
   assert.equal(again.bytesAdded, 0);
+  // Every file was found in the parent's listing, read a part at a time alongside the directory's names.
+  const files = [...describeTree(src).values()].filter((e) => e.type === 'file').length;
+  assert.equal(again.unmodified, files);
   fs.writeFileSync(path.join(src, 'wide', 'entry-0300.txt'), 'changed');
   const changed = await backup(first.tree);
   assert.notEqual(changed.tree, first.tree);
@@ -345,7 +351,7 @@ test('a directory listing longer than the part size is stored in parts: restore,
   assert.equal(v.errors.length, 0, JSON.stringify(v.errors));
 });
 
-test('a listing in parts with a name in two parts, a part that is itself a head, or a content part without a chunk list is an IntegrityError', async (t) => {
+test('a listing in parts with a name in two parts, names out of order, a part that is itself a head, or a content part without a chunk list is an IntegrityError', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-parts-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   const store = new LocalStore(path.join(dir, 'repo'));
@@ -371,12 +377,17 @@ test('a listing in parts with a name in two parts, a part that is itself a head,
     nodes: [{ name: 'f', type: 'file', mode: 0o644, uid: 0, gid: 0, mtimeMs: 0, size: 1, contentParts: [a] }],
   });
   const nested = await save({ parts: [await save({ parts: [a] })] });
+  const c = await save({ nodes: [node('c'), node('d')] });
+  const backwards = await save({ parts: [c, a] });
+  const unsorted = await save({ parts: [await save({ nodes: [node('b'), node('a')] })] });
   await session.flush();
   await session.close();
   for (const [id, why] of [
     [dup, /duplicate name b/],
     [noList, /content part .* has no chunk list/],
     [nested, /not a plain listing/],
+    [backwards, /name a out of order/],
+    [unsorted, /name a out of order/],
   ] as const)
     await assert.rejects(
       restoreTree(repo, id, path.join(dir, `out-${id.slice(0, 6)}`)),
@@ -441,6 +452,21 @@ test('encodeTreeParts: a listing that fits is byte for byte the one blob the for
       Object.keys(all).map((k) => (k === 'nodes' ? 'parts' : k)),
     );
     assert.deepEqual(head.chunker, all.chunker);
+    // Node by node, the encoder hands each part out as soon as the next node does not fit in it (a backup
+    // saves it then and keeps no more of the listing), the same parts in the same order.
+    const { nodes: _, ...rest } = tree;
+    const encoder = new ListingEncoder(rest, 2000);
+    const streamed: Buffer[] = [];
+    const sorted = [...tree.nodes].sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
+    for (const [i, n] of sorted.entries()) {
+      for (const p of encoder.add(n)) streamed.push(p);
+      // Never more than the open part's nodes held back: ~2000 bytes of ~120-byte nodes.
+      if (i >= 40) assert.ok(streamed.length >= Math.floor((i - 20) / 20), `parts handed out by node ${i}`);
+    }
+    const end = encoder.finish();
+    assert.ok('parts' in end);
+    assert.deepEqual([...streamed, ...end.parts], split.parts);
+    assert.throws(() => encoder.add(sorted[0]!), /out of order/);
   }
 });
 
@@ -460,7 +486,9 @@ test('a chunk list longer than the part size is stored in content parts: restore
   await (await Repository.init(store, 'pw', { kdf: { N: 1024, r: 8, p: 1 } })).close();
   const repo = await Repository.open(store, 'pw');
   t.after(() => repo.close());
-  const backup = async (parentTree?: string): Promise<{ tree: string; bytesAdded: number }> => {
+  const backup = async (
+    parentTree?: string,
+  ): Promise<{ tree: string; bytesAdded: number; unmodified: number }> => {
     const session = await repo.startBackup();
     const r = await backupTree(session, src, {
       reader: repo,
@@ -470,7 +498,7 @@ test('a chunk list longer than the part size is stored in content parts: restore
     });
     await session.flush();
     await session.close();
-    return { tree: r.tree, bytesAdded: r.stats.bytesAdded };
+    return { tree: r.tree, bytesAdded: r.stats.bytesAdded, unmodified: r.stats.filesUnmodified };
   };
   const first = await backup();
   const stored = decodeTree(first.tree, await repo.loadBlob(first.tree));
@@ -499,4 +527,7 @@ test('a chunk list longer than the part size is stored in content parts: restore
   const again = await backup(first.tree);
   assert.equal(again.tree, first.tree);
   assert.equal(again.bytesAdded, 0);
+  // Every file was found in the parent's listing, read a part at a time alongside the directory's names.
+  const files = [...describeTree(src).values()].filter((e) => e.type === 'file').length;
+  assert.equal(again.unmodified, files);
 });

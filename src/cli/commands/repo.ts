@@ -16,10 +16,9 @@ import {
   verify,
   type KeepPolicy,
   type SnapshotManifest,
-  type TreeNode,
 } from '../../repo/index.ts';
 import { backupTree, listTree, modeString, restoreTree } from '../../repo/tree/index.ts';
-import { printJson, printTable, progressPrinter } from '../output.ts';
+import { OutputBuffer, printJson, printJsonArray, printTable, progressPrinter } from '../output.ts';
 import { interruptSignal } from '../signals.ts';
 import {
   isRestorePointForm,
@@ -232,25 +231,30 @@ export function registerRepo(program: Command): void {
               );
             return;
           }
-          const rows: { path: string; node: TreeNode }[] = [];
-          for await (const e of listTree(repo, s.root.tree, { path: o.path, recursive: o.recursive ?? true }))
-            rows.push(e);
-          if (o.json)
-            printJson(
-              rows.map((r) => ({
-                path: r.path,
-                type: r.node.type,
-                mode: r.node.mode,
-                size: r.node.size,
-                mtimeMs: r.node.mtimeMs,
-                ...(r.node.linkTarget !== undefined ? { linkTarget: r.node.linkTarget } : {}),
-              })),
+          // Printed as read: a directory of any size is never held whole.
+          const entries = listTree(repo, s.root.tree, { path: o.path, recursive: o.recursive ?? true });
+          if (o.json) {
+            await printJsonArray(
+              (async function* () {
+                for await (const { path: p, node } of entries)
+                  yield {
+                    path: p,
+                    type: node.type,
+                    mode: node.mode,
+                    size: node.size,
+                    mtimeMs: node.mtimeMs,
+                    ...(node.linkTarget !== undefined ? { linkTarget: node.linkTarget } : {}),
+                  };
+              })(),
             );
-          else
-            for (const r of rows)
-              process.stdout.write(
-                `${modeString(r.node)} ${String(r.node.size ?? '').padStart(12)} ${new Date(r.node.mtimeMs).toISOString().slice(0, 19)} ${r.path}${r.node.type === 'symlink' ? ` -> ${r.node.linkTarget ?? ''}` : ''}\n`,
-              );
+            return;
+          }
+          const out = new OutputBuffer();
+          for await (const { path: p, node } of entries)
+            await out.line(
+              `${modeString(node)} ${String(node.size ?? '').padStart(12)} ${new Date(node.mtimeMs).toISOString().slice(0, 19)} ${p}${node.type === 'symlink' ? ` -> ${node.linkTarget ?? ''}` : ''}\n`,
+            );
+          await out.end();
         },
         'metadata',
       );

@@ -23,7 +23,7 @@ import {
 } from '../api.ts';
 import { FastCdc } from './chunker.ts';
 import type { ChunkerParams } from './chunker.ts';
-import { compareNames, CONTENT_PART_CHUNKS, encodeContentParts, encodeTreeParts, readTree } from './codec.ts';
+import { compareNames, CONTENT_PART_CHUNKS, encodeContentParts, ListingEncoder, openTree } from './codec.ts';
 import { ExcludeMatcher } from './exclude.ts';
 import { errnoOf, fsError } from './fserrors.ts';
 import { Semaphore } from './limit.ts';
@@ -107,6 +107,49 @@ interface FileContent {
 
 /** Thrown inside the walk for an entry that is skipped with a warning. */
 class SkipEntry extends Error {}
+
+/**
+ * Entries of one directory started and not yet added to its listing: past this many the walk of the directory
+ * waits for the oldest (a directory of 393k entries held them all, ~800 MiB).
+ */
+const NODES_AHEAD = 8192;
+const DONE: Promise<TreeNode | undefined> = Promise.resolve(undefined);
+
+/**
+ * The parent snapshot's listing of a directory, looked up in name order (the order the backup takes the
+ * names in and the order listings are stored in): read a part at a time, never held whole.
+ */
+class ParentListing {
+  private run: TreeNode[] = [];
+  private at = 0;
+  private ended = false;
+  private readonly runs: AsyncIterator<TreeNode[]>;
+
+  constructor(runs: AsyncIterator<TreeNode[]>) {
+    this.runs = runs;
+  }
+
+  /** The node named `name`, or undefined; names must be asked for in increasing order. */
+  async find(name: string): Promise<TreeNode | undefined> {
+    for (;;) {
+      while (this.at < this.run.length) {
+        const node = this.run[this.at]!;
+        const c = compareNames(node.name, name);
+        if (c > 0) return undefined;
+        this.at++;
+        if (c === 0) return node;
+      }
+      if (this.ended) return undefined;
+      const r = await this.runs.next();
+      if (r.done) {
+        this.ended = true;
+        return undefined;
+      }
+      this.run = r.value;
+      this.at = 0;
+    }
+  }
+}
 
 function nodeType(st: BigIntStats): TreeNode['type'] | undefined {
   if (st.isFile()) return 'file';
@@ -264,30 +307,22 @@ class TreeBackup {
     node.contentParts = ids;
   }
 
-  private async loadParent(id: BlobId | undefined): Promise<TreeBlob | undefined> {
+  /** The parent's listing of a directory, read a part at a time as the backup goes through the names. */
+  private async loadParent(id: BlobId | undefined): Promise<ParentListing | undefined> {
     if (id === undefined) return undefined;
     const reader = this.opts.reader;
     if (!reader) throw new InputError('an incremental tree backup needs a reader for the parent tree');
-    return readTree(id, (blob) => this.treeLoadSem.run(() => reader.loadBlob(blob, { signal: this.signal })));
-  }
-
-  /** Runs every child and fails as a group, after all of them have settled. */
-  private async settle<T>(tasks: Promise<T>[]): Promise<T[]> {
-    for (const t of tasks) t.catch((err: unknown) => this.fail(err));
-    const results = await Promise.allSettled(tasks);
-    const out: T[] = [];
-    for (const r of results) {
-      if (r.status === 'rejected') throw r.reason;
-      out.push(r.value);
-    }
-    return out;
+    const opened = await openTree(id, (blob) =>
+      this.treeLoadSem.run(() => reader.loadBlob(blob, { signal: this.signal })),
+    );
+    return new ParentListing(opened.runs());
   }
 
   private async backupDir(
     abs: string,
     rel: string,
-    parent: TreeBlob | undefined,
-    extra: Partial<TreeBlob>,
+    parent: ParentListing | undefined,
+    extra: Omit<TreeBlob, 'nodes'>,
     isRoot = false,
   ): Promise<BlobId> {
     throwIfAborted(this.signal);
@@ -311,49 +346,69 @@ class TreeBackup {
       names = [];
     }
     names.sort(compareNames);
-    const parentNodes = new Map<string, TreeNode>();
-    for (const n of parent?.nodes ?? []) parentNodes.set(n.name, n);
-    const tasks: Promise<TreeNode | undefined>[] = [];
-    // Subdirectories of one directory are walked SUBDIRS_AT_ONCE at a time: a walk that entered every
-    // directory at once would interleave all of them, keeping the nodes of nearly the whole tree in memory
-    // (a directory's nodes are freed when its tree blob is saved) and scattering each directory's blobs
-    // over the packs, which a restore then reads back in many small pieces.
-    const subdirSem = new Semaphore(SUBDIRS_AT_ONCE);
-    for (const name of names) {
-      const childRel = rel === '' ? name : `${rel}/${name}`;
-      if (!this.excludes.empty && this.excludes.excludes(childRel, name)) continue;
-      if (dirNames.has(name)) {
-        const childAbs = path.join(abs, name);
-        const parentNode = parentNodes.get(name);
-        tasks.push(
-          subdirSem.run(async () => {
-            throwIfAborted(this.signal);
-            await this.entrySem.acquire();
-            return this.backupEntry(childAbs, childRel, name, parentNode);
-          }),
-        );
-        continue;
-      }
-      // Take the slot before starting the entry, so a huge directory does not queue all its entries at once.
-      await this.entrySem.acquire();
-      if (this.signal.aborted) {
-        this.entrySem.release();
-        await this.settle(tasks);
-        throwIfAborted(this.signal);
-      }
-      tasks.push(this.backupEntry(path.join(abs, name), childRel, name, parentNodes.get(name)));
-    }
-    const nodes = (await this.settle(tasks)).filter((n): n is TreeNode => n !== undefined);
-    const enc = encodeTreeParts({ ...extra, nodes }, this.opts.treePartBytes);
+    // The nodes go to the listing's encoder in name order as they complete, and its parts are saved as they
+    // fill: at most NODES_AHEAD entries of a directory are held, however many it has.
+    const encoder = new ListingEncoder(extra, this.opts.treePartBytes);
+    const partIds: BlobId[] = [];
     const save = async (blob: Buffer): Promise<BlobId> => {
       const saved = await this.writer.saveBlob('tree', blob, { signal: this.signal });
       this.stats.bytesAdded += saved.storedBytes;
       return saved.id;
     };
-    if ('whole' in enc) return save(enc.whole);
-    const partIds: BlobId[] = [];
-    for (const part of enc.parts) partIds.push(await save(part));
-    return save(enc.head(partIds));
+    const pending: Promise<TreeNode | undefined>[] = [];
+    let next = 0;
+    const takeOne = async (): Promise<void> => {
+      const task = pending[next]!;
+      pending[next++] = DONE;
+      if (next >= 4096) {
+        void pending.splice(0, next);
+        next = 0;
+      }
+      const node = await task;
+      if (node) for (const part of encoder.add(node)) partIds.push(await save(part));
+    };
+    // Subdirectories of one directory are walked SUBDIRS_AT_ONCE at a time: a walk that entered every
+    // directory at once would interleave all of them, keeping the nodes of nearly the whole tree in memory
+    // (a directory's nodes are freed when its tree blob is saved) and scattering each directory's blobs
+    // over the packs, which a restore then reads back in many small pieces.
+    const subdirSem = new Semaphore(SUBDIRS_AT_ONCE);
+    try {
+      for (const name of names) {
+        const childRel = rel === '' ? name : `${rel}/${name}`;
+        if (!this.excludes.empty && this.excludes.excludes(childRel, name)) continue;
+        const parentNode = parent ? await parent.find(name) : undefined;
+        while (pending.length - next >= NODES_AHEAD) await takeOne();
+        let task: Promise<TreeNode | undefined>;
+        if (dirNames.has(name)) {
+          const childAbs = path.join(abs, name);
+          task = subdirSem.run(async () => {
+            throwIfAborted(this.signal);
+            await this.entrySem.acquire();
+            return this.backupEntry(childAbs, childRel, name, parentNode);
+          });
+        } else {
+          // Take the slot before starting the entry, so a huge directory does not queue all its entries at once.
+          await this.entrySem.acquire();
+          if (this.signal.aborted) {
+            this.entrySem.release();
+            throwIfAborted(this.signal);
+          }
+          task = this.backupEntry(path.join(abs, name), childRel, name, parentNode);
+        }
+        task.catch((err: unknown) => this.fail(err));
+        pending.push(task);
+      }
+      while (next < pending.length) await takeOne();
+    } catch (err) {
+      // Every entry started ends before the directory fails, so nothing is still running when the backup does.
+      this.fail(err);
+      await Promise.allSettled(pending.slice(next));
+      throw err;
+    }
+    const end = encoder.finish();
+    if ('whole' in end) return save(end.whole);
+    for (const part of end.parts) partIds.push(await save(part));
+    return save(end.head(partIds));
   }
 
   private async backupEntry(
@@ -604,7 +659,7 @@ class TreeBackup {
       content.push(null);
       holeSizes.push(0);
       // Each chunk owns its memory: the writer may hand the buffer to a worker thread.
-      const own = Buffer.allocUnsafeSlow(chunk.length);
+      const own = this.writer.allocBlobBuffer?.(chunk.length) ?? Buffer.allocUnsafeSlow(chunk.length);
       chunk.copy(own);
       const promise = this.writer.saveBlob('data', own, { signal: this.signal }).then((r) => {
         content[index] = r.id;
@@ -620,12 +675,16 @@ class TreeBackup {
     try {
       let pending: Buffer | undefined;
       let eof = false;
-      while (!eof) {
+      // Two read buffers in turn: the tail of one (pending) is copied to the start of the other. A new buffer
+      // per read made 2 GiB of garbage for a 2 GiB file, which the collector let pile up.
+      const bufs: Buffer[] = [];
+      for (let turn = 0; !eof; turn ^= 1) {
         throwIfAborted(this.signal);
         const carry = pending?.length ?? 0;
         // One byte past the expected end, so that a small file needs a single read to see its end.
         const want = Math.min(READ_SIZE, Math.max(64 * 1024, expectedSize - total + 1));
-        const buf = Buffer.allocUnsafeSlow(carry + want);
+        if ((bufs[turn]?.length ?? 0) < carry + want) bufs[turn] = Buffer.allocUnsafeSlow(carry + want);
+        const buf = bufs[turn]!.subarray(0, carry + want);
         if (pending) pending.copy(buf, 0);
         let filled = 0;
         while (filled < want) {

@@ -59,39 +59,99 @@ export function canonicalNode(n: TreeNode): TreeNode {
 export const TREE_PART_BYTES = 16 * 1024 * 1024;
 
 /**
- * The blobs of a tree: `whole`, the one blob, or, when that would be longer than `maxBytes`,
- * `parts` (each `{"nodes":[...]}` with a run of the sorted nodes, at most `maxBytes` unless one node alone is
- * longer) and the `head` that lists their ids with the root's `chunker` and `self`.
+ * Encodes a listing node by node, in name order, without holding it whole: the nodes' JSON is kept only until
+ * it is known whether the listing fits in one blob (`maxBytes`); past that, each part is handed out as soon
+ * as the next node no longer fits in it. A directory of 393k entries was held whole (nodes and JSON, ~2 x 87
+ * MB) and took ~800 MiB to back up.
+ *
+ * The blobs: `whole`, the one blob, or, when that would be longer than `maxBytes`, parts (each
+ * `{"nodes":[...]}` with a run of the sorted nodes, at most `maxBytes` unless one node alone is longer) and the
+ * head that lists their ids with the root's `chunker` and `self`.
  */
+export class ListingEncoder {
+  private readonly prefix: string;
+  private readonly suffix: string;
+  private readonly maxBytes: number;
+  /** JSON of the nodes not yet handed out in a part. */
+  private nodes: string[] = [];
+  /** The one blob's length so far (its last node counted with a comma, as it always was). */
+  private total: number;
+  /** The current part's length, once the listing is in parts. */
+  private partBytes = PART_FRAME;
+  private inParts = false;
+  private lastName: string | undefined;
+
+  constructor(tree: Omit<TreeBlob, 'nodes'>, maxBytes = TREE_PART_BYTES) {
+    this.prefix = tree.chunker ? `{"chunker":${JSON.stringify(canonicalChunker(tree.chunker))},` : '{';
+    this.suffix = tree.self ? `,"self":${JSON.stringify(canonicalNode(tree.self))}}` : '}';
+    this.maxBytes = maxBytes;
+    this.total = Buffer.byteLength(this.prefix + this.suffix, 'utf8') + '"nodes":[]'.length;
+  }
+
+  /** Adds the next node (names strictly increasing); returns the parts it completed, to be saved in order. */
+  add(node: TreeNode): Buffer[] {
+    if (this.lastName !== undefined && compareNames(this.lastName, node.name) >= 0)
+      throw new Error(`listing nodes out of order: ${node.name} after ${this.lastName}`);
+    this.lastName = node.name;
+    const json = JSON.stringify(canonicalNode(node));
+    const len = Buffer.byteLength(json, 'utf8') + 1;
+    if (!this.inParts) {
+      this.nodes.push(json);
+      this.total += len;
+      if (this.total <= this.maxBytes) return [];
+      // Too long for one blob: cut what is held into parts, keeping the last, still open one.
+      this.inParts = true;
+      const held = this.nodes;
+      this.nodes = [];
+      const out: Buffer[] = [];
+      for (const j of held) out.push(...this.append(j, Buffer.byteLength(j, 'utf8') + 1));
+      return out;
+    }
+    return this.append(json, len);
+  }
+
+  /** The blobs left: the one blob, or the last part and the head (given the ids of all parts, in order). */
+  finish(): { whole: Buffer } | { parts: Buffer[]; head: (partIds: BlobId[]) => Buffer } {
+    if (!this.inParts)
+      return { whole: Buffer.from(`${this.prefix}"nodes":[${this.nodes.join(',')}]${this.suffix}`, 'utf8') };
+    const last = this.part();
+    const head = (partIds: BlobId[]): Buffer =>
+      Buffer.from(`${this.prefix}"parts":${JSON.stringify(partIds)}${this.suffix}`, 'utf8');
+    return { parts: last ? [last] : [], head };
+  }
+
+  /** A node into the open part; the part is handed out first when the node does not fit (at least one node each). */
+  private append(json: string, len: number): Buffer[] {
+    const out: Buffer[] = [];
+    if (this.nodes.length > 0 && this.partBytes + len > this.maxBytes) out.push(this.part()!);
+    this.nodes.push(json);
+    this.partBytes += len;
+    return out;
+  }
+
+  private part(): Buffer | undefined {
+    if (this.nodes.length === 0) return undefined;
+    const blob = Buffer.from(`{"nodes":[${this.nodes.join(',')}]}`, 'utf8');
+    this.nodes = [];
+    this.partBytes = PART_FRAME;
+    return blob;
+  }
+}
+
+const PART_FRAME = '{"nodes":[]}'.length;
+
+/** The blobs of a whole tree (`ListingEncoder`); its nodes in any order. */
 export function encodeTreeParts(
   tree: TreeBlob,
   maxBytes = TREE_PART_BYTES,
 ): { whole: Buffer } | { parts: Buffer[]; head: (partIds: BlobId[]) => Buffer } {
-  // Each node's JSON once: the whole blob is JSON.stringify of {chunker, nodes, self} (it nests), and a
-  // long listing is not first built whole (at 393k entries that was 2 x 87 MB more).
-  const nodes = [...tree.nodes]
-    .sort((a, b) => compareNames(a.name, b.name))
-    .map((n) => JSON.stringify(canonicalNode(n)));
-  const prefix = tree.chunker ? `{"chunker":${JSON.stringify(canonicalChunker(tree.chunker))},` : '{';
-  const suffix = tree.self ? `,"self":${JSON.stringify(canonicalNode(tree.self))}}` : '}';
-  let total = Buffer.byteLength(prefix + suffix, 'utf8') + '"nodes":[]'.length;
-  for (const json of nodes) total += Buffer.byteLength(json, 'utf8') + 1;
-  if (total <= maxBytes)
-    return { whole: Buffer.from(`${prefix}"nodes":[${nodes.join(',')}]${suffix}`, 'utf8') };
+  const { nodes, ...rest } = tree;
+  const enc = new ListingEncoder(rest, maxBytes);
   const parts: Buffer[] = [];
-  const frame = '{"nodes":[]}'.length;
-  for (let i = 0; i < nodes.length;) {
-    let size = frame;
-    let j = i;
-    // At least one node per part, even one longer than maxBytes alone.
-    do size += Buffer.byteLength(nodes[j]!, 'utf8') + 1;
-    while (++j < nodes.length && size + Buffer.byteLength(nodes[j]!, 'utf8') + 1 <= maxBytes);
-    parts.push(Buffer.from(`{"nodes":[${nodes.slice(i, j).join(',')}]}`, 'utf8'));
-    i = j;
-  }
-  const head = (partIds: BlobId[]): Buffer =>
-    Buffer.from(`${prefix}"parts":${JSON.stringify(partIds)}${suffix}`, 'utf8');
-  return { parts, head };
+  for (const n of [...nodes].sort((a, b) => compareNames(a.name, b.name))) parts.push(...enc.add(n));
+  const end = enc.finish();
+  if ('whole' in end) return end;
+  return { parts: [...parts, ...end.parts], head: end.head };
 }
 
 /** The root's chunker parameters with their keys in one fixed order. */
@@ -224,7 +284,7 @@ export function decodeTree(id: BlobId, data: Buffer): TreeBlob {
   if (typeof parsed !== 'object' || parsed === null) bad(id, 'not an object');
   const raw = parsed as { nodes?: unknown; parts?: unknown; self?: unknown; chunker?: TreeBlob['chunker'] };
   if (raw.parts !== undefined) {
-    // A listing in parts: the head names them; `resolveParts` loads them.
+    // A listing in parts: the head names them; `openTree` loads them.
     if (raw.nodes !== undefined) bad(id, 'both nodes and parts');
     const parts = raw.parts;
     if (
@@ -251,24 +311,72 @@ export function decodeTree(id: BlobId, data: Buffer): TreeBlob {
   return tree;
 }
 
-/** Tree blob `id` loaded with `load`, decoded, and its listing and content parts loaded the same way. */
+/**
+ * Tree blob `id` loaded with `load`, decoded, and its listing and content parts loaded the same way: the whole
+ * listing in memory (`openTree` reads it a part at a time).
+ */
 export async function readTree(id: BlobId, load: (blob: BlobId) => Promise<Buffer>): Promise<TreeBlob> {
-  return resolveParts(id, decodeTree(id, await load(id)), load);
+  const opened = await openTree(id, load);
+  const nodes: TreeNode[] = [];
+  for await (const run of opened.runs()) for (const n of run) nodes.push(n);
+  return { ...opened.tree, nodes };
 }
 
-/**
- * The whole of a tree blob already decoded, its parts loaded with `load`: a head's listing parts (each a plain
- * listing, no name in two of them) joined into `nodes`, and each file's content parts into its `content` and
- * `holeSizes`. A tree with neither comes back as it is.
- */
-async function resolveParts(
+/** A tree blob decoded (for a head: `parts`, `chunker`, `self`, no nodes) and its nodes, read a run at a time. */
+export interface OpenedTree {
+  tree: TreeBlob;
+  /**
+   * The nodes in stored (name) order, a listing part at a time (a whole listing in one run), each file's content
+   * parts joined into its `content` and `holeSizes`. The next part loads while the caller works on one.
+   */
+  runs(): AsyncGenerator<TreeNode[]>;
+}
+
+/** Tree blob `id` loaded with `load` and decoded; its parts are loaded as `runs()` reaches them. */
+export async function openTree(id: BlobId, load: (blob: BlobId) => Promise<Buffer>): Promise<OpenedTree> {
+  const tree = decodeTree(id, await load(id));
+  return { tree, runs: () => listingRuns(id, tree, load) };
+}
+
+async function* listingRuns(
   id: BlobId,
   tree: TreeBlob,
   load: (partId: BlobId) => Promise<Buffer>,
-): Promise<TreeBlob> {
-  const whole = await joinListing(id, tree, load);
-  for (const node of whole.nodes) if (node.contentParts) await loadContent(id, node, load);
-  return whole;
+): AsyncGenerator<TreeNode[]> {
+  const withContent = async (nodes: TreeNode[]): Promise<TreeNode[]> => {
+    for (const node of nodes) if (node.contentParts) await loadContent(id, node, load);
+    return nodes;
+  };
+  if (!tree.parts) {
+    yield await withContent(tree.nodes);
+    return;
+  }
+  const parts = tree.parts;
+  let last: string | undefined;
+  const loadPart = (partId: BlobId): Promise<TreeNode[]> =>
+    load(partId).then((data) => {
+      const part = decodeTree(partId, data);
+      if (part.parts || part.self || part.chunker) bad(id, `part ${partId} is not a plain listing`);
+      if (part.nodes.length === 0) bad(id, `part ${partId} is empty`);
+      return part.nodes;
+    });
+  let next: Promise<TreeNode[]> | undefined = loadPart(parts[0]!);
+  for (let i = 0; next; i++) {
+    const nodes = await next;
+    next = i + 1 < parts.length ? loadPart(parts[i + 1]!) : undefined;
+    // Keep a failed look-ahead from being reported as unhandled if this run's consumer stops first.
+    next?.catch(() => undefined);
+    // Parts hold runs of the sorted listing: in name order, a name in two parts is out of order or repeated.
+    for (const n of nodes) {
+      if (last !== undefined) {
+        const c = compareNames(last, n.name);
+        if (c === 0) bad(id, `duplicate name ${n.name} in part ${parts[i]!}`);
+        if (c > 0) bad(id, `name ${n.name} out of order in part ${parts[i]!}`);
+      }
+      last = n.name;
+    }
+    yield await withContent(nodes);
+  }
 }
 
 /** Fills a node's `content` and `holeSizes` from its content parts, checked as one list. */
@@ -311,26 +419,4 @@ async function loadContent(
   node.content = content;
   if (holes) node.holeSizes = holeSizes;
   checkContent(id, node);
-}
-
-/** A listing in parts joined into one (a tree that is not in parts comes back as it is). */
-async function joinListing(
-  id: BlobId,
-  tree: TreeBlob,
-  load: (partId: BlobId) => Promise<Buffer>,
-): Promise<TreeBlob> {
-  if (!tree.parts) return tree;
-  const nodes: TreeNode[] = [];
-  const names = new Set<string>();
-  for (const partId of tree.parts) {
-    const part = decodeTree(partId, await load(partId));
-    if (part.parts || part.self || part.chunker) bad(id, `part ${partId} is not a plain listing`);
-    if (part.nodes.length === 0) bad(id, `part ${partId} is empty`);
-    for (const n of part.nodes) {
-      if (names.has(n.name)) bad(id, `duplicate name ${n.name} in part ${partId}`);
-      names.add(n.name);
-      nodes.push(n);
-    }
-  }
-  return { ...tree, nodes };
 }

@@ -13,6 +13,8 @@ export {
   encodeContentParts,
   encodeTree,
   encodeTreeParts,
+  ListingEncoder,
+  openTree,
   readTree,
   TREE_PART_BYTES,
 } from './codec.ts';

@@ -20,9 +20,10 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { CancelledError, ConflictError, IntegrityError, throwIfAborted } from '../../core/base.ts';
 import type { RunOptions } from '../../core/base.ts';
-import type { BlobFile, BlobId, BlobReader, FileFailure, FileJob, TreeBlob, TreeNode } from '../api.ts';
+import type { BlobFile, BlobId, BlobReader, FileFailure, FileJob, TreeNode } from '../api.ts';
 import { dataRuns, tryWriteFileJob } from '../files.ts';
-import { readTree } from './codec.ts';
+import { openTree } from './codec.ts';
+import type { OpenedTree } from './codec.ts';
 import { errnoOf, fsError } from './fserrors.ts';
 import { BackgroundFlush } from './flush.ts';
 import { Semaphore } from './limit.ts';
@@ -197,8 +198,8 @@ class TreeRestore {
     const flush = this.opts.flush === false ? undefined : new BackgroundFlush(abs);
     flush?.start();
     try {
-      const root = await this.loadTree(tree);
-      await this.restoreDir(root, abs, '', 'ancestor', root.self, true);
+      const root = await this.openListing(tree);
+      await this.restoreDir(root, abs, '', 'ancestor', root.tree.self, true);
       await this.flushSmall();
       await this.settle([...this.smallBatches]);
       if (this.firstError) throw this.firstError.error;
@@ -266,8 +267,9 @@ class TreeRestore {
     for (const r of results) if (r.status === 'rejected') throw r.reason;
   }
 
-  private async loadTree(id: BlobId): Promise<TreeBlob> {
-    return readTree(id, async (blob) => {
+  /** A directory's listing, read a part at a time as the restore goes through it. */
+  private async openListing(id: BlobId): Promise<OpenedTree> {
+    return openTree(id, async (blob) => {
       const data = await this.treeSem.run(() => this.reader.loadBlob(blob, { signal: this.signal }));
       this.bytesRead += data.length;
       return data;
@@ -303,7 +305,7 @@ class TreeRestore {
   }
 
   private async restoreDir(
-    tree: TreeBlob,
+    listing: OpenedTree,
     abs: string,
     rel: string,
     sel: Selection,
@@ -314,52 +316,82 @@ class TreeRestore {
     renameTo?: string,
   ): Promise<void> {
     throwIfAborted(this.signal);
-    const tasks: Promise<unknown>[] = [];
-    const small: SmallEntry[] = [];
+    // Entries in progress, each dropped when it ends: a directory of a million entries does not keep a
+    // promise per entry. The first failure is what the directory throws, once every entry has ended.
+    const tasks = new Set<Promise<unknown>>();
+    let failed: { error: unknown } | undefined;
+    const track = (task: Promise<unknown>): void => {
+      tasks.add(task);
+      task.then(
+        () => tasks.delete(task),
+        (err: unknown) => {
+          tasks.delete(task);
+          failed ??= { error: err };
+          this.fail(err);
+        },
+      );
+    };
     const clear = this.freshDirs.has(abs);
-    for (const node of tree.nodes) {
-      const childRel = rel === '' ? node.name : `${rel}/${node.name}`;
-      const childSel = this.select(childRel, sel);
-      if (childSel === 'none') continue;
-      const childAbs = path.join(abs, node.name);
-      if (
-        childSel === 'all' &&
-        node.type === 'file' &&
-        node.linkGroup === undefined &&
-        (node.content?.length ?? 0) <= 1 &&
-        (node.size ?? 0) <= SMALL_FILE
-      )
-        small.push({ node, abs: childAbs, hidden, clear });
-      else if (node.type === 'dir')
-        tasks.push(this.restoreSubdir(node, childAbs, childRel, childSel, hidden));
-      else if (childSel === 'all') {
-        // A slot per entry in progress keeps a directory of a million files from queueing them all at once.
-        await this.entrySem.acquire();
-        if (this.signal.aborted) {
-          this.entrySem.release();
-          break;
+    try {
+      walk: for await (const nodes of listing.runs())
+        for (const node of nodes) {
+          if (this.signal.aborted) break walk;
+          const childRel = rel === '' ? node.name : `${rel}/${node.name}`;
+          const childSel = this.select(childRel, sel);
+          if (childSel === 'none') continue;
+          const childAbs = path.join(abs, node.name);
+          if (
+            childSel === 'all' &&
+            node.type === 'file' &&
+            node.linkGroup === undefined &&
+            (node.content?.length ?? 0) <= 1 &&
+            (node.size ?? 0) <= SMALL_FILE
+          ) {
+            this.smallQueue.push({ node, abs: childAbs, hidden, clear });
+            this.smallPending++;
+            if (this.smallQueue.length >= QUEUE_FILES) {
+              track(this.flushSmall());
+              // A directory with more small files than that waits for its batches: the queue stays bounded.
+              await this.smallRoom();
+            }
+          } else if (node.type === 'dir')
+            track(this.restoreSubdir(node, childAbs, childRel, childSel, hidden));
+          else if (childSel === 'all') {
+            // A slot per entry in progress keeps a directory of a million files from queueing them all at once.
+            await this.entrySem.acquire();
+            if (this.signal.aborted) {
+              this.entrySem.release();
+              break walk;
+            }
+            const leaf = this.restoreLeaf(node, childAbs, childRel, hidden);
+            leaf.then(
+              () => this.entrySem.release(),
+              () => this.entrySem.release(),
+            );
+            track(leaf);
+          }
         }
-        const leaf = this.restoreLeaf(node, childAbs, childRel, hidden);
-        leaf.then(
-          () => this.entrySem.release(),
-          () => this.entrySem.release(),
-        );
-        tasks.push(leaf);
-      }
+    } finally {
+      onQueued?.();
+      // Whatever stopped the walk (a failed listing part, an abort), what it started ends first.
+      await Promise.allSettled([...tasks]);
     }
-    if (small.length > 0) {
-      for (const f of small) this.smallQueue.push(f);
-      this.smallPending += small.length;
-      if (this.smallQueue.length >= QUEUE_FILES) tasks.push(this.flushSmall());
-    }
-    onQueued?.();
-    await this.settle(tasks);
+    if (failed) throw failed.error;
     throwIfAborted(this.signal);
     // Only a directory the tree fully describes gets its metadata; the target gets it when restored whole.
     // It is applied at the end (children before parents), after the queued small files are in place; a
     // directory made under a temporary name (only ever one the tree fully describes) is renamed after it.
     if (self && (sel === 'all' || (isTarget && !this.includes)))
       this.dirMeta.push(renameTo ? { node: self, abs, renameTo } : { node: self, abs });
+  }
+
+  /** Waits while PENDING_FILES small files are queued or being restored. */
+  private async smallRoom(): Promise<void> {
+    while (this.smallPending >= PENDING_FILES) {
+      throwIfAborted(this.signal);
+      if (this.smallQueue.length >= QUEUE_FILES) void this.flushSmall().catch(() => undefined);
+      await new Promise<void>((resolve) => this.walkWaiters.push(resolve));
+    }
   }
 
   /** Restores the queued small files, their blobs loaded in pack order (one pass over each pack region). */
@@ -437,7 +469,7 @@ class TreeRestore {
       this.wakeWalkers();
     };
     try {
-      const sub = await this.loadTree(node.subtree ?? '');
+      const sub = await this.openListing(node.subtree ?? '');
       await this.restoreDir(sub, made, rel, sel, node, false, done, hidden, made === abs ? undefined : abs);
     } finally {
       done();
