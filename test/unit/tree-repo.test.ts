@@ -531,3 +531,57 @@ test('a chunk list longer than the part size is stored in content parts: restore
   const files = [...describeTree(src).values()].filter((e) => e.type === 'file').length;
   assert.equal(again.unmodified, files);
 });
+
+test('a file of many chunks is restored from runs of packs: a chunk repeated in the file, zeros inside chunks and holes come back, sparse; a missing pack fails it cleanly', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-tree-large-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const src = path.join(dir, 'src');
+  fs.mkdirSync(src);
+  const block = randomBytes(1024 * 1024);
+  const withZeros = randomBytes(100 * 1024);
+  withZeros.fill(0, 32 * 1024, 96 * 1024); // 64 KiB of zeros inside chunks: not written
+  const content = Buffer.concat([
+    randomBytes(150 * 1024),
+    block,
+    randomBytes(70 * 1024),
+    block, // the same bytes again: the chunks inside it repeat, one blob written at two places
+    Buffer.alloc(1024 * 1024), // a hole of its own
+    withZeros,
+    randomBytes(33_333),
+  ]);
+  fs.writeFileSync(path.join(src, 'big.bin'), content);
+  const store = new LocalStore(path.join(dir, 'repo'));
+  await (await Repository.init(store, 'pw', { kdf: { N: 1024, r: 8, p: 1 } })).close();
+  const repo = await Repository.open(store, 'pw');
+  t.after(() => repo.close());
+  const session = await repo.startBackup();
+  const r = await backupTree(session, src, {
+    chunker: { minSize: 16 * 1024, avgSize: 32 * 1024, maxSize: 64 * 1024 },
+  });
+  await session.flush();
+  await session.close();
+  const node = (await loadTree(repo, r.tree)).nodes.find((n) => n.name === 'big.bin')!;
+  const ids = node.content!.filter((c) => c !== null);
+  assert.ok(new Set(ids).size < ids.length, 'a chunk repeats within the file');
+  assert.ok(node.content!.includes(null), 'the file has a hole');
+
+  const dst = path.join(dir, 'dst');
+  await restoreTree(repo, r.tree, dst);
+  const out = path.join(dst, 'big.bin');
+  assert.ok(fs.readFileSync(out).equals(content));
+  // The 1 MiB hole is not allocated (ext4 may allocate the zeros inside a chunk anyway: it fills holes of
+  // up to 32 KiB between written blocks rather than split an extent).
+  assert.ok(fs.statSync(out).blocks * 512 <= content.length - 1024 * 1024 + 64 * 1024, 'restored sparse');
+
+  // A pack of the file gone: the restore fails naming what is missing and leaves no file behind.
+  const packs = fs
+    .readdirSync(path.join(dir, 'repo', 'data'), { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile());
+  fs.rmSync(path.join(packs[0]!.parentPath, packs[0]!.name));
+  const dst2 = path.join(dir, 'dst2');
+  await assert.rejects(
+    restoreTree(repo, r.tree, dst2),
+    (err: unknown) => err instanceof Error && /pack|not found|missing/i.test(err.message),
+  );
+  assert.deepEqual(fs.existsSync(dst2) ? fs.readdirSync(dst2) : [], []);
+});

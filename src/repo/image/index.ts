@@ -7,9 +7,9 @@ import { promisify } from 'node:util';
 import crypto from 'node:crypto';
 import type { RunOptions } from '../../core/base.ts';
 import { InputError, IntegrityError, NoSpaceError, throwIfAborted, CancelledError } from '../../core/base.ts';
-import { DIRECT_ALIGN, directWritable } from '../../core/aligned.ts';
 import type { BlobId, BlobReader, BlobWriter, ByteRange, ImageChunk, ImageExtent } from '../api.ts';
 import { chunkExtents, ImageMapView, ImageMapWriter } from './map.ts';
+import { PositionalWriter } from '../file-writer.ts';
 
 export { chunkExtents, imageMapBlobs, ImageMapView, loadImageMap, SEGMENT_CHUNKS } from './map.ts';
 
@@ -369,13 +369,6 @@ function mapFsError(err: unknown, target: string): unknown {
   return err;
 }
 
-/** Largest write a restore merges queued neighbouring writes into. */
-const MERGE_BYTES = 8 * 1024 * 1024;
-/** ... and at most this many buffers in one pwritev (IOV_MAX is 1024). */
-const MERGE_PARTS = 256;
-/** Writes in flight with O_DIRECT (buffered writes go one at a time: they contend on the inode lock). */
-const DIRECT_WRITERS = 2;
-
 /** `path` opened for writing with O_DIRECT, or undefined when the filesystem (or platform) does not allow it. */
 async function openDirect(file: string): Promise<fs.promises.FileHandle | undefined> {
   const flag = fs.constants.O_DIRECT;
@@ -498,7 +491,6 @@ export async function restoreImage(
     // bytes go to the device without a page-cache copy, and the final sync has little left to flush. Where the
     // filesystem refuses O_DIRECT (tmpfs, some FUSE and network filesystems) everything goes through `h`.
     direct = await openDirect(tmp);
-    let d = direct;
     /**
      * Where the bytes of chunks [from, to) come from: per blob, its pieces' [from, length, file position]
      * (a whole chunk must match its length exactly); the zeros a device needs written; the data extents,
@@ -551,132 +543,15 @@ export async function restoreImage(
       }
       return { targets, zeros, data };
     };
-    // Buffered, one write at a time: parallel buffered writes to one file contend on its inode lock (the
-    // kernel time of a 2 GiB restore more than doubled); with O_DIRECT two (the device takes both). Writes
-    // queued meanwhile go out together: neighbours in the file as one pwritev of up to MERGE_BYTES (a run's
-    // chunks sit in pack order, which the workers of the backup shuffled; sorted, they mostly continue each
-    // other). 1 MiB O_DIRECT writes one at a time ran at ~1.1-1.4 GB/s during a restore here. Every byte of
-    // the image is written once, so the order of writes does not matter, and an O_DIRECT write covers whole
-    // 4 KiB pages that no buffered write touches.
-    const writeOut = async (buf: Buffer, pos: number): Promise<void> => {
-      let out = d && pos % DIRECT_ALIGN === 0 && directWritable(buf) ? d : h;
-      let off = 0;
-      while (off < buf.length) {
-        let bytesWritten: number;
-        try {
-          res.writes++;
-          ({ bytesWritten } = await out.write(buf, off, buf.length - off, pos + off));
-        } catch (err) {
-          // A filesystem may take O_DIRECT at open and refuse the I/O (alignment): buffered from then on.
-          if (out === h || (err as { code?: string }).code !== 'EINVAL') throw err;
-          d = undefined;
-          out = h;
-          continue;
-        }
-        if (bytesWritten === 0)
-          throw new Error(`write of ${buf.length - off} bytes at ${pos + off} wrote nothing`);
-        off += bytesWritten;
-        if (out !== h) res.bytesDirect += bytesWritten;
-      }
-    };
-    interface QueuedWrite {
-      buf: Buffer;
-      pos: number;
-      done: () => void;
-      fail: (err: unknown) => void;
-    }
-    const queue: QueuedWrite[] = [];
-    let pumping = false;
-    let writeFailed: unknown;
-    const goesDirect = (w: QueuedWrite): boolean =>
-      d !== undefined && w.pos % DIRECT_ALIGN === 0 && directWritable(w.buf);
-    /** Neighbours in the file as one pwritev (O_DIRECT or buffered alike); a short write is finished piecewise. */
-    const writeGroup = async (group: QueuedWrite[]): Promise<void> => {
-      const first = group[0]!;
-      if (group.length === 1) return writeOut(first.buf, first.pos);
-      const out = d !== undefined && goesDirect(first) ? d : h;
-      let written = 0;
-      try {
-        res.writes++;
-        ({ bytesWritten: written } = await out.writev(
-          group.map((w) => w.buf),
-          first.pos,
-        ));
-      } catch (err) {
-        if (out === h || (err as { code?: string }).code !== 'EINVAL') throw err;
-        d = undefined;
-      }
-      if (out !== h) res.bytesDirect += written;
-      for (const w of group) {
-        const done = Math.min(w.buf.length, Math.max(0, written - (w.pos - first.pos)));
-        if (done < w.buf.length) await writeOut(w.buf.subarray(done), w.pos + done);
-      }
-    };
-    const writeQueued = async (group: QueuedWrite[]): Promise<void> => {
-      try {
-        // After a failure nothing more is written: the restore is unwinding and the buffers go back.
-        if (writeFailed !== undefined) throw writeFailed;
-        await writeGroup(group);
-        for (const w of group) {
-          res.bytesWritten += w.buf.length;
-          w.done();
-        }
-        opts.onProgress?.({
-          phase: 'restore',
-          bytesRead: res.bytesWritten,
-          bytesTotal: map.size,
-          bytesTransferred: res.bytesWritten,
-        });
-      } catch (err) {
-        writeFailed ??= err;
-        for (const w of group) w.fail(err);
-      }
-    };
-    const pump = async (): Promise<void> => {
-      const inflight = new Set<Promise<void>>();
-      while (queue.length > 0 || inflight.size > 0) {
-        if (queue.length === 0) {
-          await Promise.race(inflight);
-          continue;
-        }
-        // Everything queued, in file order, cut into groups that continue each other in the file and agree
-        // on O_DIRECT.
-        const batch = queue.splice(0, queue.length).sort((a, b) => a.pos - b.pos);
-        for (let i = 0; i < batch.length;) {
-          const group = [batch[i]!];
-          let len = group[0]!.buf.length;
-          const isDirect = goesDirect(group[0]!);
-          for (i++; i < batch.length; i++) {
-            const next = batch[i]!;
-            const last = group[group.length - 1]!;
-            if (
-              next.pos !== last.pos + last.buf.length ||
-              len + next.buf.length > MERGE_BYTES ||
-              group.length >= MERGE_PARTS ||
-              goesDirect(next) !== isDirect
-            )
-              break;
-            group.push(next);
-            len += next.buf.length;
-          }
-          while (inflight.size >= (d !== undefined ? DIRECT_WRITERS : 1)) await Promise.race(inflight);
-          const p: Promise<void> = writeQueued(group).finally(() => inflight.delete(p));
-          inflight.add(p);
-        }
-      }
-      pumping = false;
-    };
-    // Not async, and progress once per group written: a restore of small chunks queues ~100k writes a second,
-    // and what each allocates (promises, frames, progress objects) became old-space garbage that grew the heap.
-    const writeAll = (buf: Buffer, pos: number): Promise<void> =>
-      new Promise<void>((done, fail) => {
-        queue.push({ buf, pos, done, fail });
-        // Started from a microtask: the other blobs of the run are queued in the same tick and get merged.
-        if (!pumping) {
-          pumping = true;
-          queueMicrotask(() => void pump());
-        }
-      });
+    const writer = new PositionalWriter(h, direct, () =>
+      opts.onProgress?.({
+        phase: 'restore',
+        bytesRead: writer.bytesWritten,
+        bytesTotal: map.size,
+        bytesTransferred: writer.bytesWritten,
+      }),
+    );
+    const writeAll = (buf: Buffer, pos: number): Promise<void> => writer.write(buf, pos);
     const write = (id: BlobId, plain: Buffer, t: Target): Promise<void> => {
       if (t.whole ? plain.length !== t.length : plain.length < t.from + t.length)
         return Promise.reject(
@@ -704,7 +579,7 @@ export async function restoreImage(
       // A shell per window costs the main thread a fork (~20 ms at a restore's resident size): later windows
       // only when they hold enough data to gain from it (a 4 GiB image of 4 KiB chunks has 128 windows).
       const dataBytes = data.reduce((a, e) => a + e.length, 0);
-      if (d !== undefined && !isDevice && dataBytes > 0 && (w === 0 || dataBytes >= PREALLOC_MIN_WINDOW)) {
+      if (writer.direct && !isDevice && dataBytes > 0 && (w === 0 || dataBytes >= PREALLOC_MIN_WINDOW)) {
         const before = prealloc;
         prealloc = (async () => ((await before) ?? 0) + (await preallocate(tmp, data, opts.signal)))();
       }
@@ -735,6 +610,9 @@ export async function restoreImage(
         await writeAll(zero.subarray(0, z.length), z.pos);
       }
     }
+    res.bytesWritten = writer.bytesWritten;
+    res.bytesDirect = writer.bytesDirect;
+    res.writes = writer.writes;
     res.bytesPreallocated = (await prealloc) ?? 0;
     await direct?.close();
     direct = undefined;

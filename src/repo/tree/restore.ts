@@ -22,6 +22,7 @@ import { CancelledError, ConflictError, IntegrityError, throwIfAborted } from '.
 import type { RunOptions } from '../../core/base.ts';
 import type { BlobFile, BlobId, BlobReader, FileFailure, FileJob, TreeNode } from '../api.ts';
 import { dataRuns, tryWriteFileJob } from '../files.ts';
+import { PositionalWriter } from '../file-writer.ts';
 import { openTree } from './codec.ts';
 import type { OpenedTree } from './codec.ts';
 import { errnoOf, fsError } from './fserrors.ts';
@@ -132,6 +133,8 @@ class TreeRestore {
   private readonly fileSem: Semaphore;
   private readonly treeSem = new Semaphore(8);
   private readonly entrySem = new Semaphore(256);
+  /** Files of several chunks being loaded at once (each loads several runs of up to 4 MiB at a time). */
+  private readonly largeSem = new Semaphore(2);
   /** Small files waiting to be restored in storage order, and the batches of them being restored. */
   private smallQueue: SmallEntry[] = [];
   private readonly smallBatches = new Set<Promise<void>>();
@@ -697,29 +700,38 @@ class TreeRestore {
       await this.clearWay(abs, false);
       fh = await fs.open(tmp, 'wx', 0o600);
       if (size > 0) await fh.truncate(size);
-      let offset = 0;
-      for (let i = 0; i < Math.min(LOADS_AHEAD, content.length); i++) startLoad(i);
-      for (let i = 0; i < content.length; i++) {
-        throwIfAborted(this.signal);
-        startLoad(i + LOADS_AHEAD);
-        const id = content[i];
-        if (id === null || id === undefined) {
-          offset += node.holeSizes?.[i] ?? 0;
-          continue;
+      const h = fh;
+      if (
+        this.reader.loadMany &&
+        content.length > 1 &&
+        content.every((id) => id === null || this.reader.blobSize(id) !== undefined)
+      )
+        await this.largeSem.run(() => this.writeChunks(h, node, abs, size));
+      else {
+        let offset = 0;
+        for (let i = 0; i < Math.min(LOADS_AHEAD, content.length); i++) startLoad(i);
+        for (let i = 0; i < content.length; i++) {
+          throwIfAborted(this.signal);
+          startLoad(i + LOADS_AHEAD);
+          const id = content[i];
+          if (id === null || id === undefined) {
+            offset += node.holeSizes?.[i] ?? 0;
+            continue;
+          }
+          const data = await loads[i]!;
+          loads[i] = undefined;
+          this.bytesRead += data.length;
+          if (offset + data.length > size)
+            throw new IntegrityError(`chunks of ${abs} exceed its recorded size ${size}`, {
+              details: { blob: id },
+            });
+          await writeSparse(h, data, offset);
+          offset += data.length;
+          this.report();
         }
-        const data = await loads[i]!;
-        loads[i] = undefined;
-        this.bytesRead += data.length;
-        if (offset + data.length > size)
-          throw new IntegrityError(`chunks of ${abs} exceed its recorded size ${size}`, {
-            details: { blob: id },
-          });
-        await writeSparse(fh, data, offset);
-        offset += data.length;
-        this.report();
+        if (offset !== size)
+          throw new IntegrityError(`chunks of ${abs} add up to ${offset} bytes, the tree records ${size}`);
       }
-      if (offset !== size)
-        throw new IntegrityError(`chunks of ${abs} add up to ${offset} bytes, the tree records ${size}`);
       const st = await fh.stat();
       if (st.size !== size)
         throw new IntegrityError(`restored ${abs} has ${st.size} bytes, expected ${size}`);
@@ -739,7 +751,64 @@ class TreeRestore {
     this.result.files++;
     this.result.bytes += size;
   }
+
+  /**
+   * The chunks of a file of several, loaded with `loadMany` a window at a time: each pack's blobs read in one
+   * ranged read, several in flight, decrypted in the workers, written where they go as they arrive (merged
+   * with their neighbours by PositionalWriter). Loaded one by one (loadBlob, 4 ahead), a 2 GiB file restored at
+   * restic's speed (3.6 s against 3.9 s), while an image of the same data took 2.4 s.
+   */
+  private async writeChunks(fh: fs.FileHandle, node: TreeNode, abs: string, size: number): Promise<void> {
+    const content = node.content ?? [];
+    const writer = new PositionalWriter(fh);
+    let offset = 0;
+    for (let w = 0; w < content.length; w += FILE_WINDOW) {
+      throwIfAborted(this.signal);
+      /** File positions of each blob of the window (a chunk may repeat within a file). */
+      const targets = new Map<BlobId, number[]>();
+      for (let i = w; i < Math.min(content.length, w + FILE_WINDOW); i++) {
+        const id = content[i];
+        if (id === null || id === undefined) {
+          offset += node.holeSizes?.[i] ?? 0;
+          continue;
+        }
+        const at = targets.get(id);
+        if (at) at.push(offset);
+        else targets.set(id, [offset]);
+        offset += this.reader.blobSize(id)!;
+      }
+      if (offset > size)
+        throw new IntegrityError(`chunks of ${abs} exceed its recorded size ${size}`, {
+          details: { blob: [...targets.keys()].pop() },
+        });
+      await this.reader.loadMany!(
+        [...targets.keys()],
+        async (id, plain) => {
+          if (plain.length !== this.reader.blobSize(id))
+            throw new IntegrityError(
+              `blob ${id} of ${abs} has ${plain.length} bytes, the index records ${this.reader.blobSize(id)}`,
+              {
+                details: { blob: id },
+              },
+            );
+          this.bytesRead += plain.length;
+          const writes: Promise<void>[] = [];
+          const runs = dataRuns(plain);
+          for (const pos of targets.get(id)!)
+            for (const [from, to] of runs) writes.push(writer.write(plain.subarray(from, to), pos + from));
+          await Promise.all(writes);
+          this.report();
+        },
+        { signal: this.signal },
+      );
+    }
+    if (offset !== size)
+      throw new IntegrityError(`chunks of ${abs} add up to ${offset} bytes, the tree records ${size}`);
+  }
 }
+
+/** Chunks of a large file planned and loaded at a time (their targets are a map per window). */
+const FILE_WINDOW = 4096;
 
 /** Writes `data` at `position`, skipping all-zero blocks (the file was pre-sized, so they read as zeros). */
 async function writeSparse(fh: fs.FileHandle, data: Buffer, position: number): Promise<void> {
