@@ -55,6 +55,7 @@ export const SCENARIO_LABELS: Record<string, string> = {
   random: 'random file',
   overwrite: 'random file, 1% scattered overwrite',
   compressible: 'compressible text file',
+  files: 'random file in a directory',
   tree: 'small-file tree',
   chunks: 'random image, 4 KiB chunks',
 };

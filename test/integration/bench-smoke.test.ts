@@ -150,6 +150,8 @@ test('npm run bench end to end against Tern at a tiny size: every row ok, restor
     'chunks/restore-ranges',
     'compressible/backup',
     'compressible/restore',
+    'files/backup',
+    'files/restore',
     'overwrite/incremental',
     'overwrite/incremental-ranges',
     'overwrite/restore',
@@ -172,6 +174,7 @@ test('npm run bench end to end against Tern at a tiny size: every row ok, restor
   }
   assert.match(res.stdout, /The device alone .*random file \d+\.\d\d s .*compressible text file \d+\.\d\d s/);
   assert.match(res.stdout, /\| random file \(6\.0 MiB\) \| full backup \| tern \|/);
+  assert.match(res.stdout, /\| random file in a directory \(6\.0 MiB\) \| full backup \| tern \|/);
   // Twice --size in 4 KiB chunks.
   assert.match(
     res.stdout,
