@@ -323,10 +323,12 @@ class Bench {
       this.rows.push({ ...base, tool: tool.name, check: 'ERROR', note: message(err) });
       log(`${base.scenario} ${base.op} ${tool.name}: ERROR ${message(err)}`);
     } finally {
-      // A restored tree is moved aside, not deleted: ext4 skips inodes freed in the last minutes when it
-      // allocates new ones, so deleting 100k files made the next tool's tree restore measurably slower (the
-      // trash goes with the work directory at the end).
-      if (verify.kind === 'dir' && existsSync(target)) {
+      // A restored tree of many files is moved aside, not deleted: ext4 skips inodes freed in the last minutes
+      // when it allocates new ones, so deleting 100k files made the next tool's tree restore measurably slower
+      // (the trash goes with the work directory at the end). A directory of one large file is deleted: kept,
+      // the 2 GiB files of the files scenario filled the disk (18 GB by the third repetition) and slowed
+      // everything written after them.
+      if (base.scenario === 'tree' && existsSync(target)) {
         const trash = path.join(this.work, 'trash');
         await mkdir(trash, { recursive: true });
         await rename(target, path.join(trash, `${Date.now()}-${tool.name}-${base.scenario}`));
