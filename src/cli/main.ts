@@ -5,6 +5,12 @@ import module from 'node:module';
 // against each file's content): starting the CLI takes about half the CPU time. It must be enabled before the
 // command modules load, hence the dynamic imports below.
 module.enableCompileCache();
+// A reader that stops early (`tern ls | head`) closes the pipe: the output is not wanted any more, which is
+// no error of ours. Without this Node threw an unhandled EPIPE with its stack.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(0);
+  throw err;
+});
 const { Command, CommanderError } = await import('commander');
 const { describeError, exitCodeFor, errorCodeOf } = await import('../core/base.ts');
 /**
