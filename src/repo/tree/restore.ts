@@ -799,7 +799,7 @@ class TreeRestore {
           await Promise.all(writes);
           this.report();
         },
-        { signal: this.signal },
+        { signal: this.signal, runsInFlight: FILE_RUNS_IN_FLIGHT },
       );
     }
     if (offset !== size)
@@ -809,6 +809,11 @@ class TreeRestore {
 
 /** Chunks of a large file planned and loaded at a time (their targets are a map per window). */
 const FILE_WINDOW = 4096;
+/**
+ * Runs (of up to 4 MiB) of a large file read at once, as an image restore reads them: a 2 GiB file from a cold
+ * repository restored in 2.58-2.66 s with 8, 2.78-3.40 s with the default 3 (2 each, alternating).
+ */
+const FILE_RUNS_IN_FLIGHT = 8;
 
 /** Writes `data` at `position`, skipping all-zero blocks (the file was pre-sized, so they read as zeros). */
 async function writeSparse(fh: fs.FileHandle, data: Buffer, position: number): Promise<void> {
