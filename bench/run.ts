@@ -469,7 +469,7 @@ class Bench {
   /**
    * A directory holding one random file of --size: every tool cuts it into content-defined chunks (Tern backs
    * a directory up as a tree, as it does the files of a volume). Before this scenario existed, such a backup
-   * kept every chunk's buffer (2.5 GB RSS for 2 GiB) and its restore ran at restic's speed; the image scenarios
+   * kept every chunk's buffer (2527 MiB RSS for 2 GiB) and its restore ran at restic's speed; the image scenarios
    * did not show either.
    */
   async files(): Promise<void> {

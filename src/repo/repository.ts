@@ -109,14 +109,14 @@ const FREE_BLOB_BYTES = 32 * 1024 * 1024;
 /**
  * Sealed-blob buffers kept for the next blob of the same class (blobClass), at most this many bytes: without a
  * bound, a tree backup of a 2 GiB random file kept every chunk's buffer (content-defined chunks all differ in
- * length, and they were kept by exact length, so none was reused) and peaked at 2.1 GB RSS.
+ * length, and they were kept by exact length, so none was reused) and peaked at 2527 MiB RSS.
  */
 const FREE_SEALED_BYTES = 32 * 1024 * 1024;
 /**
  * The capacity of a pooled buffer for a blob of `length` bytes: the length itself for image chunks (multiples
  * of 4 KiB, one length per image), else the length rounded up to 256 KiB. Content-defined chunks almost never
  * repeat a length: pooled by exact length, their buffers were never taken again (a 2 GiB file kept every one
- * of them, 2.1 GB RSS); in 256 KiB classes the next chunk of about the same size takes one.
+ * of them, 2527 MiB RSS); in 256 KiB classes the next chunk of about the same size takes one.
  */
 function blobClass(length: number): number {
   return length % 4096 === 0 ? length : Math.ceil(length / BLOB_CLASS) * BLOB_CLASS;

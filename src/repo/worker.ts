@@ -235,7 +235,7 @@ function handle(req: WorkerRequest): { res: WorkerResponse; transfer: ArrayBuffe
 /**
  * A young-generation collection after every GC_EVERY bytes of blobs: sealing allocates a new buffer per 128 KiB
  * slice (node:crypto has no update-into), which V8 collects only when a worker's external memory has grown by
- * ~64 MB or more. Each worker held 60-110 MB of such garbage during a 2 GiB backup. A minor collection of a
+ * ~64 MB or more. Each worker held 60-110 MiB of such garbage during a 2 GiB backup. A minor collection of a
  * worker's small heap takes well under a millisecond.
  */
 const GC_EVERY = 32 * 1024 * 1024;

@@ -62,7 +62,7 @@ export const TREE_PART_BYTES = 16 * 1024 * 1024;
  * Encodes a listing node by node, in name order, without holding it whole: the nodes' JSON is kept only until
  * it is known whether the listing fits in one blob (`maxBytes`); past that, each part is handed out as soon
  * as the next node no longer fits in it. A directory of 393k entries was held whole (nodes and JSON, ~2 x 87
- * MB) and took ~800 MiB to back up.
+ * MB) and took 792 MiB to back up.
  *
  * The blobs: `whole`, the one blob, or, when that would be longer than `maxBytes`, parts (each
  * `{"nodes":[...]}` with a run of the sorted nodes, at most `maxBytes` unless one node alone is longer) and the
