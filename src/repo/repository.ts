@@ -122,6 +122,34 @@ function blobClass(length: number): number {
   return length % 4096 === 0 ? length : Math.ceil(length / BLOB_CLASS) * BLOB_CLASS;
 }
 const BLOB_CLASS = 256 * 1024;
+
+/** Buffers kept for reuse by a key (a blob class): at most `maxBytes` of them, and `perKey` of one key. */
+class BufferPool {
+  private readonly lists = new Map<number, ArrayBuffer[]>();
+  /** Bytes held. */
+  bytes = 0;
+  private readonly maxBytes: number;
+  private readonly perKey: number;
+
+  constructor(maxBytes: number, perKey = Infinity) {
+    this.maxBytes = maxBytes;
+    this.perKey = perKey;
+  }
+
+  take(key: number): ArrayBuffer | undefined {
+    const ab = this.lists.get(key)?.pop();
+    if (ab) this.bytes -= ab.byteLength;
+    return ab;
+  }
+
+  give(key: number, ab: ArrayBuffer): void {
+    let list = this.lists.get(key);
+    if (this.bytes + ab.byteLength > this.maxBytes || (list?.length ?? 0) >= this.perKey) return;
+    if (!list) this.lists.set(key, (list = []));
+    list.push(ab);
+    this.bytes += ab.byteLength;
+  }
+}
 /** Blobs up to SMALL_BLOB bytes go to the workers in batches of up to BATCH_BLOBS / BATCH_BYTES. */
 const SMALL_BLOB = 64 * 1024;
 const BATCH_BLOBS = 64;
@@ -1034,10 +1062,9 @@ export class BackupSession implements BlobWriter {
    * (by exact length).
    */
   private readonly packBufs: Buffer[] = [];
-  private readonly freeBlobBufs = new Map<number, ArrayBuffer[]>();
+  private readonly freeBlobBufs = new BufferPool(FREE_BLOB_BYTES);
   /** Sealed-blob buffers by the class of the blob's length (capacity: that class + 28). */
-  private readonly freeSealed = new Map<number, ArrayBuffer[]>();
-  private freeSealedBytes = 0;
+  private readonly freeSealed = new BufferPool(FREE_SEALED_BYTES, 16);
   /** Buffers allocBlobBuffer handed out: saveBlob takes them over whole (no copy), whatever their capacity. */
   private readonly lent = new WeakSet<ArrayBufferLike>();
   private readonly batchBufs: ArrayBuffer[] = [];
@@ -1048,7 +1075,6 @@ export class BackupSession implements BlobWriter {
   private readonly fileBatch = new Batch<{ path: string; size: number; flags: number }, FileRead>((items) =>
     this.sendFileBatch(items),
   );
-  private freeBlobBytes = 0;
   private readonly uploads = new Set<Promise<void>>();
   /** Uploads whose pack buffer the store may still read. */
   private packsUploading = 0;
@@ -1152,8 +1178,7 @@ export class BackupSession implements BlobWriter {
         }
       }
       const cls = blobClass(len);
-      const out = this.freeSealed.get(cls)?.pop();
-      if (out) this.freeSealedBytes -= out.byteLength;
+      const out = this.freeSealed.take(cls);
       const r = await this.repo.pool.run(
         { op: 'save', seq: 0, type: t, buf: ab, length: len, hashOnly: false, out },
         out ? [ab, out] : [ab],
@@ -1166,16 +1191,7 @@ export class BackupSession implements BlobWriter {
       const sealed = Buffer.from(r.sealed!, 0, r.sealedLength);
       this.addToPack(id, t, r.comp!, len, sealed);
       // The sealed buffer is copied into the pack: it can take the next blob of the same size.
-      if (
-        r.sealed!.byteLength === cls + 28 &&
-        this.freeSealedBytes + cls + 28 <= FREE_SEALED_BYTES &&
-        (this.freeSealed.get(cls)?.length ?? 0) < 16
-      ) {
-        let list = this.freeSealed.get(cls);
-        if (!list) this.freeSealed.set(cls, (list = []));
-        list.push(r.sealed!);
-        this.freeSealedBytes += cls + 28;
-      }
+      if (r.sealed!.byteLength === cls + 28) this.freeSealed.give(cls, r.sealed!);
       this.stats.blobsNew++;
       this.stats.bytesAdded += sealed.length;
       if (this.pack.size >= TARGET_PACK) this.finishPack();
@@ -1299,25 +1315,15 @@ export class BackupSession implements BlobWriter {
 
   allocBlobBuffer(length: number): Buffer {
     const cls = blobClass(length);
-    let ab = this.freeBlobBufs.get(cls)?.pop();
-    if (ab) this.freeBlobBytes -= cls;
-    else ab = Buffer.allocUnsafeSlow(cls).buffer as ArrayBuffer;
+    const ab = this.freeBlobBufs.take(cls) ?? (Buffer.allocUnsafeSlow(cls).buffer as ArrayBuffer);
     this.lent.add(ab);
     return Buffer.from(ab, 0, length);
   }
 
   /** A plaintext buffer back from a worker: kept for allocBlobBuffer if it has a class's capacity. */
   private recycle(ab: ArrayBuffer): void {
-    if (
-      ab.byteLength < 64 * 1024 ||
-      blobClass(ab.byteLength) !== ab.byteLength ||
-      this.freeBlobBytes + ab.byteLength > FREE_BLOB_BYTES
-    )
-      return;
-    let list = this.freeBlobBufs.get(ab.byteLength);
-    if (!list) this.freeBlobBufs.set(ab.byteLength, (list = []));
-    list.push(ab);
-    this.freeBlobBytes += ab.byteLength;
+    if (ab.byteLength >= 64 * 1024 && blobClass(ab.byteLength) === ab.byteLength)
+      this.freeBlobBufs.give(ab.byteLength, ab);
   }
 
   private addToPack(id: string, type: number, comp: number, rawLength: number, sealed: Buffer): void {

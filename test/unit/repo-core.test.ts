@@ -817,7 +817,7 @@ test('allocBlobBuffer: image-chunk lengths get buffers of their length, others a
       // Taken over whole (transferred to a worker), not copied.
       assert.equal(a.buffer.byteLength, 0);
       // The buffer came back and was kept; the next blob of the same class gets it, not a new one.
-      const free = (): number => (s as unknown as { freeBlobBytes: number }).freeBlobBytes;
+      const free = (): number => (s as unknown as { freeBlobBufs: { bytes: number } }).freeBlobBufs.bytes;
       assert.equal(free(), 512 * 1024);
       const b = s.allocBlobBuffer(400_000);
       assert.equal(b.buffer.byteLength, 512 * 1024);
