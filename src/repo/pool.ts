@@ -130,6 +130,8 @@ export function ownArrayBuffer(buf: Uint8Array): ArrayBuffer {
 export class CryptoPool {
   private readonly slots: Slot[] = [];
   private seq = 0;
+  /** set by close(): workers stay referenced until they have exited */
+  private closing = false;
   private readonly pending = new Map<
     number,
     { resolve: (r: Ok) => void; reject: (e: Error) => void; slot: Slot }
@@ -207,11 +209,16 @@ export class CryptoPool {
       slot.worker.ref();
       slot.worker.postMessage({ ...req, seq }, transfer);
     }).finally(() => {
-      if (slot.busy === 0) slot.worker.unref();
+      if (slot.busy === 0 && !this.closing) slot.worker.unref();
     });
   }
 
   async close(): Promise<void> {
+    // terminate() resolves on the worker's 'exit' event, which an unreferenced worker does not wait for: a
+    // reply arriving after terminate() (work in flight when a restore fails) unreferenced its worker, the
+    // process ran out of events before 'exit' and ended with an unsettled top-level await (exit code 13).
+    this.closing = true;
+    for (const s of this.slots) s.worker.ref();
     await Promise.all(this.slots.map((s) => s.worker.terminate()));
     this.slots.length = 0;
     // Work still waiting on a terminated worker would never settle (and an awaiting caller would leave the
