@@ -112,6 +112,9 @@ export function open(encKey: CipherKey, sealed: Uint8Array, aad: Buffer, what: s
   return out;
 }
 
+/** openInto's staging buffer for copies into shared memory (one per thread). */
+let alignScratch = Buffer.alloc(0);
+
 /** `open`, writing the plaintext into `out` at `pos` (no intermediate buffer). Returns its length. */
 export function openInto(
   encKey: CipherKey,
@@ -131,10 +134,19 @@ export function openInto(
   d.setAAD(aad);
   d.setAuthTag(tag);
   const start = pos;
+  // Into shared memory V8 copies with relaxed atomic moves, a word at a time only where source and target
+  // sit alike modulo 8, else a byte at a time: decrypting into a restore's arena at a file's offsets (any
+  // residue) ran at 2.3 GB/s. Through a private buffer at the target's residue: 5-6 GB/s whatever it is.
+  const shared = out.buffer instanceof SharedArrayBuffer;
   try {
     for (let o = 0; o < body.length; o += SLICE) {
       const part = d.update(body.subarray(o, Math.min(o + SLICE, body.length)));
-      part.copy(out, pos);
+      if (shared) {
+        const r = (out.byteOffset + pos) % 8;
+        if (alignScratch.length < r + part.length) alignScratch = Buffer.allocUnsafeSlow(SLICE + 16);
+        part.copy(alignScratch, r);
+        alignScratch.copy(out, pos, r, r + part.length);
+      } else part.copy(out, pos);
       pos += part.length;
     }
     d.final();
