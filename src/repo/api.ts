@@ -73,6 +73,14 @@ export interface LoadOptions extends RunOptions {
    * uses more so its writer finds more neighbouring chunks to merge; a tree restore keeps the default.
    */
   runsInFlight?: number;
+  /**
+   * loadMany, when the reader lays blobs out in page-aligned memory: the file position the caller will write
+   * a blob to. The reader puts the blob where it falls modulo 4 KiB, so its whole pages are aligned in memory
+   * and in the file alike (written with O_DIRECT), and a run's blobs in file order, so those that follow each
+   * other in the file follow each other in memory (written as one). Undefined for a blob (or no placeAt): a
+   * 4 KiB boundary when it is at least 4 KiB long (an image chunk's place), in pack order.
+   */
+  placeAt?: (id: BlobId) => number | undefined;
 }
 
 export interface BlobReader {

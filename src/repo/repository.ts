@@ -673,14 +673,22 @@ export class Repository implements BlobReader {
     const arena = (this.runArena ??= new RunArena(MAX_RUNS_IN_FLIGHT, RUN_BUF));
     await this.eachRun(this.planRuns(ids), opts, async (run, what, read) => {
       // Where each plaintext goes: back to back, or, in an arena slot, blobs of 4 KiB or more each on a 4 KiB
-      // boundary, so an image restore can write them with O_DIRECT whatever came before them in the pack
-      // (a short tail chunk, say); back to back when that padding would not fit the slot.
+      // boundary (or where opts.placeAt puts them), so a restore can write their pages with O_DIRECT whatever
+      // came before them in the pack (a short tail chunk, say); back to back when that padding would not fit
+      // the slot.
       const outAt = (aligned: boolean): { at: number[]; total: number } => {
-        const at: number[] = [];
+        const at: number[] = new Array<number>(run.blobs.length);
+        const place = aligned ? opts.placeAt : undefined;
+        // With placeAt, in file order: blobs that follow each other in the file then follow each other here.
+        const order = run.blobs.map((b, i) => ({ i, e: b.e, pos: place?.(b.id) }));
+        if (place) order.sort((x, y) => (x.pos ?? Infinity) - (y.pos ?? Infinity) || x.i - y.i);
         let end = 0;
-        for (const { e } of run.blobs) {
-          if (aligned && e.rawLength >= DIRECT_ALIGN) end = Math.ceil(end / DIRECT_ALIGN) * DIRECT_ALIGN;
-          at.push(end);
+        for (const { i, e, pos } of order) {
+          if (aligned) {
+            const r = pos !== undefined ? pos % DIRECT_ALIGN : e.rawLength >= DIRECT_ALIGN ? 0 : undefined;
+            if (r !== undefined) end += (((r - end) % DIRECT_ALIGN) + DIRECT_ALIGN) % DIRECT_ALIGN;
+          }
+          at[i] = end;
           end += e.rawLength;
         }
         return { at, total: end };
@@ -1086,6 +1094,13 @@ export class BackupSession implements BlobWriter {
   private waiters: (() => void)[] = [];
   /** Recent dedup ratio decides whether to hash first (skip encrypting duplicates) or do all in one trip. */
   private recentDup = 0;
+  /**
+   * Settles once every large blob saved so far is in the pack or known not to go there: a large blob goes
+   * into the pack after those given to saveBlob before it, whichever worker finishes first. A file's chunks
+   * then lie in its packs in file order, and a restore finds neighbours of the file side by side in a run
+   * (written as one; with the workers' order, chunks 0, 1, 3, 5, 2, 4, ... came one by one).
+   */
+  private packOrder: Promise<void> = Promise.resolve();
   readonly stats: SessionStats = { blobsNew: 0, blobsDuplicate: 0, bytesAdded: 0, packsWritten: 0 };
   private closed = false;
 
@@ -1160,46 +1175,61 @@ export class BackupSession implements BlobWriter {
         const r = await this.batch.add({ type: t, plain: plaintext }, len);
         return this.accept(r.id, t, r.comp, len, r.sealed);
       }
-      let ab =
-        plaintext.byteOffset === 0 && this.lent.has(plaintext.buffer)
-          ? (plaintext.buffer as ArrayBuffer)
-          : ownArrayBuffer(plaintext);
-      const hashFirst = this.recentDup > 0.5;
-      if (hashFirst) {
-        const h = await this.repo.pool.run(
-          { op: 'save', seq: 0, type: t, buf: ab, length: len, hashOnly: true },
-          [ab],
-        );
-        const id = h.id!;
-        ab = h.buf!;
-        if (this.hasBlob(id)) {
-          this.recycle(ab);
-          return this.dup(id);
-        }
+      const before = this.packOrder;
+      let settle!: () => void;
+      const mine = new Promise<void>((r) => (settle = r));
+      this.packOrder = Promise.all([before, mine]).then(() => undefined);
+      try {
+        return await this.saveLarge(t, plaintext, before);
+      } finally {
+        settle();
       }
-      const cls = blobClass(len);
-      const out = this.freeSealed.take(cls);
-      const r = await this.repo.pool.run(
-        { op: 'save', seq: 0, type: t, buf: ab, length: len, hashOnly: false, out },
-        out ? [ab, out] : [ab],
-      );
-      if (r.buf) this.recycle(r.buf);
-      const id = r.id!;
-      if (this.hasBlob(id)) return this.dup(id);
-      this.check();
-      this.recentDup *= 0.95;
-      const sealed = Buffer.from(r.sealed!, 0, r.sealedLength);
-      this.addToPack(id, t, r.comp!, len, sealed);
-      // The sealed buffer is copied into the pack: it can take the next blob of the same size.
-      if (r.sealed!.byteLength === cls + 28) this.freeSealed.give(cls, r.sealed!);
-      this.stats.blobsNew++;
-      this.stats.bytesAdded += sealed.length;
-      if (this.pack.size >= TARGET_PACK) this.finishPack();
-      return { id, stored: true, storedBytes: sealed.length };
     } finally {
       this.workerBytes -= len;
       this.wake();
     }
+  }
+
+  /** saveBlob of a blob larger than SMALL_BLOB, into the pack once `before` settled. */
+  private async saveLarge(t: number, plaintext: Buffer, before: Promise<void>): Promise<SaveResult> {
+    const len = plaintext.length;
+    let ab =
+      plaintext.byteOffset === 0 && this.lent.has(plaintext.buffer)
+        ? (plaintext.buffer as ArrayBuffer)
+        : ownArrayBuffer(plaintext);
+    const hashFirst = this.recentDup > 0.5;
+    if (hashFirst) {
+      const h = await this.repo.pool.run(
+        { op: 'save', seq: 0, type: t, buf: ab, length: len, hashOnly: true },
+        [ab],
+      );
+      const id = h.id!;
+      ab = h.buf!;
+      if (this.hasBlob(id)) {
+        this.recycle(ab);
+        return this.dup(id);
+      }
+    }
+    const cls = blobClass(len);
+    const out = this.freeSealed.take(cls);
+    const r = await this.repo.pool.run(
+      { op: 'save', seq: 0, type: t, buf: ab, length: len, hashOnly: false, out },
+      out ? [ab, out] : [ab],
+    );
+    if (r.buf) this.recycle(r.buf);
+    const id = r.id!;
+    await before;
+    if (this.hasBlob(id)) return this.dup(id);
+    this.check();
+    this.recentDup *= 0.95;
+    const sealed = Buffer.from(r.sealed!, 0, r.sealedLength);
+    this.addToPack(id, t, r.comp!, len, sealed);
+    // The sealed buffer is copied into the pack: it can take the next blob of the same size.
+    if (r.sealed!.byteLength === cls + 28) this.freeSealed.give(cls, r.sealed!);
+    this.stats.blobsNew++;
+    this.stats.bytesAdded += sealed.length;
+    if (this.pack.size >= TARGET_PACK) this.finishPack();
+    return { id, stored: true, storedBytes: sealed.length };
   }
 
   async saveFile(

@@ -858,3 +858,76 @@ test('allocBlobBuffer: image-chunk lengths get buffers of their length, others a
     }
   });
 });
+
+type GroupRuns = (
+  items: { id: string; e: { pack: number; offset: number } }[],
+) => { blobs: { id: string }[] }[];
+
+test('large blobs go into the pack in the order given, whichever worker ends first; loadMany with placeAt lays a run out in file order at the file offsets modulo 4 KiB', async () => {
+  await inNewRepo(async (repo) => {
+    const s = await repo.startBackup();
+    // Long and short blobs in turn: with two workers the short ones are sealed first (before, a file's chunks
+    // lay in its pack as 0, 1, 3, 5, 2, 4, ...).
+    const blobs = Array.from({ length: 16 }, (_, i) =>
+      crypto.randomBytes(i % 2 === 0 ? 1_500_000 + i * 1013 : 70_000 + i * 7919),
+    );
+    let ids: string[];
+    try {
+      ids = (await Promise.all(blobs.map((b) => s.saveBlob('data', Buffer.from(b))))).map((r) => r.id);
+      await s.flush();
+    } finally {
+      await s.close();
+    }
+    const entries = ids.map((id) => repo.index.get(Buffer.from(id, 'hex'))!);
+    assert.ok(
+      entries.every((e) => e.pack === entries[0]!.pack),
+      'one pack',
+    );
+    for (let i = 1; i < entries.length; i++)
+      assert.ok(entries[i]!.offset > entries[i - 1]!.offset, `blob ${i} after blob ${i - 1} in the pack`);
+
+    // A file holding the blobs in reverse order: each run's blobs are laid out in that order.
+    const pos = new Map<string, number>();
+    let end = 0;
+    for (let i = ids.length - 1; i >= 0; i--) {
+      pos.set(ids[i]!, end);
+      end += blobs[i]!.length;
+    }
+    const got = new Map<string, { at: number; shared: boolean; equal: boolean }>();
+    await repo.loadMany(
+      [...ids],
+      async (id, plain) => {
+        const i = ids.indexOf(id);
+        got.set(id, {
+          at: plain.byteOffset,
+          shared: plain.buffer instanceof SharedArrayBuffer,
+          equal: plain.equals(blobs[i]!),
+        });
+      },
+      { placeAt: (id) => pos.get(id) },
+    );
+    assert.equal(got.size, ids.length);
+    // The runs loadMany reads (neighbours in the pack, up to 4 MiB each), by the reader's own rule.
+    const runOf = new Map<string, number>();
+    const groupRuns = (Repository as unknown as { groupRuns: GroupRuns }).groupRuns;
+    groupRuns(ids.map((id, i) => ({ id, e: entries[i]! }))).forEach((r, k) => {
+      for (const b of r.blobs) runOf.set(b.id, k);
+    });
+    let adjacent = 0;
+    for (let i = 0; i < ids.length; i++) {
+      const g = got.get(ids[i]!)!;
+      assert.ok(g.equal, `blob ${i} loaded equal (decrypted into shared memory at an odd offset)`);
+      assert.ok(g.shared, `blob ${i} in the arena`);
+      assert.equal(g.at % 4096, pos.get(ids[i]!)! % 4096, `blob ${i} at its file offset modulo 4 KiB`);
+      // The blob after it in the file is blob i-1: right behind it in memory when the same run holds both.
+      if (i > 0) {
+        const next = got.get(ids[i - 1]!)!;
+        if (runOf.get(ids[i - 1]!) === runOf.get(ids[i]!)) {
+          assert.equal(next.at, g.at + blobs[i]!.length, `blob ${i - 1} follows blob ${i} in memory`);
+          adjacent++;
+        }
+      }
+    }
+    assert.ok(adjacent >= 4, `${adjacent} neighbours shared a run`);
+  });
+});

@@ -9,7 +9,7 @@ import type { RunOptions } from '../../core/base.ts';
 import { InputError, IntegrityError, NoSpaceError, throwIfAborted, CancelledError } from '../../core/base.ts';
 import type { BlobId, BlobReader, BlobWriter, ByteRange, ImageChunk, ImageExtent } from '../api.ts';
 import { chunkExtents, ImageMapView, ImageMapWriter } from './map.ts';
-import { PositionalWriter } from '../file-writer.ts';
+import { openDirect, PositionalWriter } from '../file-writer.ts';
 
 export { chunkExtents, imageMapBlobs, ImageMapView, loadImageMap, SEGMENT_CHUNKS } from './map.ts';
 
@@ -367,17 +367,6 @@ function mapFsError(err: unknown, target: string): unknown {
   if (code === 'ENOSPC' || code === 'EDQUOT')
     return new NoSpaceError(`no space left writing ${target}`, { cause: err });
   return err;
-}
-
-/** `path` opened for writing with O_DIRECT, or undefined when the filesystem (or platform) does not allow it. */
-async function openDirect(file: string): Promise<fs.promises.FileHandle | undefined> {
-  const flag = fs.constants.O_DIRECT;
-  if (flag === undefined || process.env.TERN_NO_DIRECT_IO === '1') return undefined;
-  try {
-    return await fsp.open(file, fs.constants.O_WRONLY | flag);
-  } catch {
-    return undefined;
-  }
 }
 
 /** Data extents of a new image file allocated ahead, the largest first (per window of chunks). */

@@ -22,7 +22,7 @@ import { CancelledError, ConflictError, IntegrityError, throwIfAborted } from '.
 import type { RunOptions } from '../../core/base.ts';
 import type { BlobFile, BlobId, BlobReader, FileFailure, FileJob, TreeNode } from '../api.ts';
 import { dataRuns, tryWriteFileJob } from '../files.ts';
-import { PositionalWriter } from '../file-writer.ts';
+import { openDirect, PositionalWriter } from '../file-writer.ts';
 import { openTree } from './codec.ts';
 import type { OpenedTree } from './codec.ts';
 import { errnoOf, fsError } from './fserrors.ts';
@@ -706,7 +706,7 @@ class TreeRestore {
         content.length > 1 &&
         content.every((id) => id === null || this.reader.blobSize(id) !== undefined)
       )
-        await this.largeSem.run(() => this.writeChunks(h, node, abs, size));
+        await this.largeSem.run(() => this.writeChunks(h, tmp, node, abs, size));
       else {
         let offset = 0;
         for (let i = 0; i < Math.min(LOADS_AHEAD, content.length); i++) startLoad(i);
@@ -758,48 +758,67 @@ class TreeRestore {
    * with their neighbours by PositionalWriter). Loaded one by one (loadBlob, 4 ahead), a 2 GiB file restored at
    * restic's speed (3.6 s against 3.9 s), while an image of the same data took 2.4 s.
    */
-  private async writeChunks(fh: fs.FileHandle, node: TreeNode, abs: string, size: number): Promise<void> {
+  private async writeChunks(
+    fh: fs.FileHandle,
+    file: string,
+    node: TreeNode,
+    abs: string,
+    size: number,
+  ): Promise<void> {
     const content = node.content ?? [];
-    const writer = new PositionalWriter(fh);
-    let offset = 0;
-    for (let w = 0; w < content.length; w += FILE_WINDOW) {
-      throwIfAborted(this.signal);
-      /** File positions of each blob of the window (a chunk may repeat within a file). */
-      const targets = new Map<BlobId, number[]>();
-      let lastId: BlobId | undefined;
-      for (let i = w; i < Math.min(content.length, w + FILE_WINDOW); i++) {
-        const id = content[i];
-        if (id === null || id === undefined) {
-          offset += node.holeSizes?.[i] ?? 0;
-          continue;
+    // The file's whole pages go with O_DIRECT, as an image's do: loadMany lays each blob out in page-aligned
+    // memory where it falls in the file modulo 4 KiB (placeAt), so its pages are aligned in both, and blobs
+    // that follow each other in the pack and in the file stay back to back (PositionalWriter writes them as
+    // one span). The partial pages at a span's ends are written buffered.
+    const direct = await openDirect(file);
+    try {
+      const writer = new PositionalWriter(fh, direct);
+      let offset = 0;
+      for (let w = 0; w < content.length; w += FILE_WINDOW) {
+        throwIfAborted(this.signal);
+        /** File positions of each blob of the window (a chunk may repeat within a file). */
+        const targets = new Map<BlobId, number[]>();
+        let lastId: BlobId | undefined;
+        for (let i = w; i < Math.min(content.length, w + FILE_WINDOW); i++) {
+          const id = content[i];
+          if (id === null || id === undefined) {
+            offset += node.holeSizes?.[i] ?? 0;
+            continue;
+          }
+          const at = targets.get(id);
+          if (at) at.push(offset);
+          else targets.set(id, [offset]);
+          offset += this.reader.blobSize(id)!;
+          lastId = id;
         }
-        const at = targets.get(id);
-        if (at) at.push(offset);
-        else targets.set(id, [offset]);
-        offset += this.reader.blobSize(id)!;
-        lastId = id;
+        if (offset > size)
+          throw new IntegrityError(`chunks of ${abs} exceed its recorded size ${size}`, {
+            details: { blob: lastId },
+          });
+        // loadMany hands each blob over at the length the index records (the length planned with above).
+        await this.reader.loadMany!(
+          [...targets.keys()],
+          async (id, plain) => {
+            this.bytesRead += plain.length;
+            const writes: Promise<void>[] = [];
+            const runs = dataRuns(plain);
+            for (const pos of targets.get(id)!)
+              for (const [from, to] of runs) writes.push(writer.write(plain.subarray(from, to), pos + from));
+            await Promise.all(writes);
+            this.report();
+          },
+          {
+            signal: this.signal,
+            runsInFlight: FILE_RUNS_IN_FLIGHT,
+            placeAt: direct && ((id) => targets.get(id)![0]!),
+          },
+        );
       }
-      if (offset > size)
-        throw new IntegrityError(`chunks of ${abs} exceed its recorded size ${size}`, {
-          details: { blob: lastId },
-        });
-      // loadMany hands each blob over at the length the index records (the length planned with above).
-      await this.reader.loadMany!(
-        [...targets.keys()],
-        async (id, plain) => {
-          this.bytesRead += plain.length;
-          const writes: Promise<void>[] = [];
-          const runs = dataRuns(plain);
-          for (const pos of targets.get(id)!)
-            for (const [from, to] of runs) writes.push(writer.write(plain.subarray(from, to), pos + from));
-          await Promise.all(writes);
-          this.report();
-        },
-        { signal: this.signal, runsInFlight: FILE_RUNS_IN_FLIGHT },
-      );
+      if (offset !== size)
+        throw new IntegrityError(`chunks of ${abs} add up to ${offset} bytes, the tree records ${size}`);
+    } finally {
+      await direct?.close();
     }
-    if (offset !== size)
-      throw new IntegrityError(`chunks of ${abs} add up to ${offset} bytes, the tree records ${size}`);
   }
 }
 
