@@ -565,13 +565,27 @@ test('a file of many chunks is restored from runs of packs: a chunk repeated in 
   assert.ok(new Set(ids).size < ids.length, 'a chunk repeats within the file');
   assert.ok(node.content!.includes(null), 'the file has a hole');
 
-  const dst = path.join(dir, 'dst');
-  await restoreTree(repo, r.tree, dst);
-  const out = path.join(dst, 'big.bin');
-  assert.ok(fs.readFileSync(out).equals(content));
-  // The 1 MiB hole is not allocated (ext4 may allocate the zeros inside a chunk anyway: it fills holes of
-  // up to 32 KiB between written blocks rather than split an extent).
-  assert.ok(fs.statSync(out).blocks * 512 <= content.length - 1024 * 1024 + 64 * 1024, 'restored sparse');
+  // With O_DIRECT where the filesystem takes it (the whole pages of each stretch of chunks, the partial pages
+  // where chunks meet written buffered), and all buffered: the same file either way.
+  for (const noDirect of [false, true]) {
+    const dst = path.join(dir, `dst-${noDirect}`);
+    if (noDirect) process.env.TERN_NO_DIRECT_IO = '1';
+    let res;
+    try {
+      res = await restoreTree(repo, r.tree, dst);
+    } finally {
+      delete process.env.TERN_NO_DIRECT_IO;
+    }
+    const out = path.join(dst, 'big.bin');
+    assert.ok(fs.readFileSync(out).equals(content), `equal bytes (noDirect ${noDirect})`);
+    // The 1 MiB hole is not allocated (ext4 may allocate the zeros inside a chunk anyway: it fills holes of
+    // up to 32 KiB between written blocks rather than split an extent).
+    assert.ok(fs.statSync(out).blocks * 512 <= content.length - 1024 * 1024 + 64 * 1024, 'restored sparse');
+    if (noDirect) assert.equal(res.bytesDirect, 0);
+    else if (res.bytesDirect === 0) t.diagnostic(`${os.tmpdir()} refuses O_DIRECT: buffered both times`);
+    // The repeated megabyte's chunks sit in memory where they fall the first time: buffered the second time.
+    else assert.ok(res.bytesDirect >= 1024 * 1024, `pages with O_DIRECT: ${res.bytesDirect}`);
+  }
 
   // A pack of the file gone: the restore fails naming what is missing and leaves no file behind.
   const packs = fs

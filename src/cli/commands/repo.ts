@@ -286,14 +286,27 @@ export function registerRepo(program: Command): void {
               onProgress: progress.update,
               overwrite: o.overwrite,
             });
-            return { snapshot: s.id, kind: 'image', bytes: r.bytesWritten, size: r.size };
+            return {
+              snapshot: s.id,
+              kind: 'image',
+              bytes: r.bytesWritten,
+              bytesDirect: r.bytesDirect,
+              size: r.size,
+            };
           }
           const r = await restoreTree(repo, s.root.tree, target, {
             signal: sig,
             onProgress: progress.update,
             overwrite: o.overwrite,
           });
-          return { snapshot: s.id, kind: 'tree', files: r.files, bytes: r.bytes, warnings: r.warnings };
+          return {
+            snapshot: s.id,
+            kind: 'tree',
+            files: r.files,
+            bytes: r.bytes,
+            bytesDirect: r.bytesDirect,
+            warnings: r.warnings,
+          };
         } finally {
           progress.done();
         }

@@ -48,6 +48,8 @@ export interface TreeRestoreOptions extends RunOptions {
 export interface TreeRestoreResult {
   files: number;
   bytes: number;
+  /** of bytes, those written with O_DIRECT (the whole pages of files of several chunks, where allowed) */
+  bytesDirect: number;
   /** Entries that could not be recreated (sockets; devices when not root). */
   warnings: string[];
 }
@@ -126,7 +128,7 @@ function placeOf(abs: string, hidden: boolean): { path: string; renameTo?: strin
 const S_ISGID = 0o2000;
 
 class TreeRestore {
-  readonly result: TreeRestoreResult = { files: 0, bytes: 0, warnings: [] };
+  readonly result: TreeRestoreResult = { files: 0, bytes: 0, bytesDirect: 0, warnings: [] };
   private readonly reader: BlobReader;
   private readonly opts: TreeRestoreOptions;
   private readonly includes: string[] | undefined;
@@ -816,6 +818,7 @@ class TreeRestore {
       }
       if (offset !== size)
         throw new IntegrityError(`chunks of ${abs} add up to ${offset} bytes, the tree records ${size}`);
+      this.result.bytesDirect += writer.bytesDirect;
     } finally {
       await direct?.close();
     }
