@@ -32,6 +32,26 @@ test('syncs periodically while running, once more on finish, and never after', a
   }
 });
 
+test('finish and stop do not wait for the pause between syncs', async () => {
+  // The pause's sleep(1) outlived the loop it was killed with and held the shell's output open: finish waited
+  // for the rest of the pause (up to 250 ms at the default interval, ~125 ms on average, at every tree restore).
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-flush-'));
+  try {
+    for (const end of ['finish', 'stop'] as const) {
+      const flush = new BackgroundFlush(dir, 20_000);
+      flush.start();
+      await sleep(300); // the shell is in its first pause
+      const t0 = performance.now();
+      await flush[end]();
+      const took = performance.now() - t0;
+      assert.ok(took < 5000, `${end} took ${took.toFixed(0)} ms with 20 s pauses`);
+      if (end === 'finish') assert.equal(flush.syncs, 1, 'only the final sync');
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('a periodic sync that failed makes finish throw, even when the last one would succeed', async () => {
   const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tern-flush-')), 'late');
   try {
