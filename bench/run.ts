@@ -235,6 +235,20 @@ class Bench {
     if (!this.cfg.dropCaches) await evictFromCache(repo);
   }
 
+  /** Repositories whose creation failed, with why: their backups are ERROR rows, the run goes on. */
+  private readonly initFailed = new Map<string, string>();
+
+  /** Creates a tool's repository (not timed); a failure is logged and turns its backups into ERROR rows. */
+  private async init(tool: Tool, repo: string): Promise<void> {
+    this.initFailed.delete(repo);
+    try {
+      await tool.init(repo);
+    } catch (err) {
+      this.initFailed.set(repo, message(err));
+      log(`${tool.name} repository ${path.basename(repo)}: ERROR ${message(err)}`);
+    }
+  }
+
   /** One timed backup; returns the snapshot id, or undefined after recording an ERROR row. */
   async backup(
     tool: Tool,
@@ -243,6 +257,16 @@ class Bench {
     source: string,
     opts: BackupOptions = {},
   ): Promise<string | undefined> {
+    const notCreated = this.initFailed.get(repo);
+    if (notCreated !== undefined) {
+      this.rows.push({
+        ...base,
+        tool: tool.name,
+        check: 'ERROR',
+        note: `repository not created: ${notCreated}`,
+      });
+      return undefined;
+    }
     const before = await du(repo);
     await this.prepare();
     try {
@@ -348,7 +372,7 @@ class Bench {
     const full = new Map<ToolName, string | undefined>();
     for (const tool of this.tools) {
       const repo = this.repo(tool, 'random');
-      await tool.init(repo);
+      await this.init(tool, repo);
       const id = await this.backup(tool, repo, { scenario: 'random', op: 'backup', bytes: size }, file);
       full.set(tool.name, id);
       await this.restore(tool, repo, { scenario: 'random', op: 'restore', bytes: size }, id, v1, {
@@ -429,7 +453,7 @@ class Bench {
     );
     await writeRandomFile(file, size, this.cfg.seed);
     const repo = this.repo(tern, 'chunks');
-    await tern.init(repo);
+    await this.init(tern, repo);
     const parent = await this.backup(tern, repo, { scenario: 'chunks', op: 'backup', bytes: size }, file, {
       chunkSize: SMALL_CHUNK,
     });
@@ -456,7 +480,7 @@ class Bench {
     const v: Verify = { kind: 'file', source: file, hash: await hashFile(file) };
     for (const tool of this.tools) {
       const repo = this.repo(tool, 'compressible');
-      await tool.init(repo);
+      await this.init(tool, repo);
       const id = await this.backup(tool, repo, { scenario: 'compressible', op: 'backup', bytes: size }, file);
       await this.restore(tool, repo, { scenario: 'compressible', op: 'restore', bytes: size }, id, v, {
         floor: true,
@@ -481,7 +505,7 @@ class Bench {
     const v: Verify = { kind: 'dir', source: dir, hash: await hashTree(dir) };
     for (const tool of this.tools) {
       const repo = this.repo(tool, 'files');
-      await tool.init(repo);
+      await this.init(tool, repo);
       const id = await this.backup(tool, repo, { scenario: 'files', op: 'backup', bytes: size }, dir);
       await this.restore(tool, repo, { scenario: 'files', op: 'restore', bytes: size }, id, v);
       await rm(repo, { recursive: true, force: true });
@@ -503,7 +527,7 @@ class Bench {
     const v: Verify = { kind: 'dir', source: root, hash: made.hash };
     for (const tool of this.tools) {
       const repo = this.repo(tool, 'tree');
-      await tool.init(repo);
+      await this.init(tool, repo);
       const id = await this.backup(
         tool,
         repo,

@@ -3,7 +3,7 @@
  * (when a binary is available) kopia. Set-up (repository creation) is not timed; backups and restores are.
  */
 import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { RunSpec } from './measure.ts';
 import { untimed } from './measure.ts';
@@ -174,8 +174,11 @@ export class ResticTool implements Tool {
 }
 
 /**
- * kopia with its own config and cache under the work dir, so the user's kopia setup is never touched.
- * Defaults everywhere (splitter, compression off, AES-256-GCM), as a user would get them.
+ * kopia with its own config and cache beside each repository, so the user's kopia setup is never touched.
+ * Defaults everywhere (splitter, compression off, AES-256-GCM), as a user would get them. The cache is the
+ * repository's own and made anew with it: with one cache for every repository, a repository created again at
+ * the same path (the next repetition) was read through the cached format blob of the one before, and
+ * `repository create` failed with "unable to decrypt repository blobcfg blob" (2026-12-08, repetition 3).
  */
 export class KopiaTool implements Tool {
   readonly name = 'kopia';
@@ -195,7 +198,7 @@ export class KopiaTool implements Tool {
       env: {
         KOPIA_PASSWORD: PASSWORD,
         KOPIA_CHECK_FOR_UPDATES: 'false',
-        KOPIA_CACHE_DIRECTORY: path.join(this.workDir, 'kopia-cache'),
+        KOPIA_CACHE_DIRECTORY: path.join(repo + '.kopia-config', 'cache'),
         KOPIA_LOG_DIR: path.join(this.workDir, 'kopia-logs'),
       },
     };
@@ -206,6 +209,7 @@ export class KopiaTool implements Tool {
   }
 
   async init(repo: string): Promise<void> {
+    await rm(repo + '.kopia-config', { recursive: true, force: true });
     await mkdir(repo + '.kopia-config', { recursive: true });
     await untimed(this.spec(repo, ['repository', 'create', 'filesystem', '--path', repo]));
   }
